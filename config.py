@@ -1,0 +1,238 @@
+"""Every default of the project, on one screen.
+
+Edit the values below and rerun, or override any of them on the command line
+of any script with ``--key=value`` (``--learning_rates=1e-4,1e-4,1e-5`` for a
+tuple, ``--bf16=true`` for a flag). Names follow the authors' release where it
+had one. The values reproduce the released Decouple-SSAD (see SPEC.md); the
+switches marked "improvement" are off by default.
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from os.path import join
+
+# Model class index k (1..20) <-> THUMOS14 class id CLASS_REAL[k]; 0 is background.
+CLASS_REAL = [0, 7, 9, 12, 21, 22, 23, 24, 26, 31, 33, 36, 40, 45, 51, 68, 79, 85, 92, 93, 97]
+CLASS_NAMES = ['Background', 'BaseballPitch', 'BasketballDunk', 'Billiards', 'CleanAndJerk',
+               'CliffDiving', 'CricketBowling', 'CricketShot', 'Diving', 'FrisbeeCatch',
+               'GolfSwing', 'HammerThrow', 'HighJump', 'JavelinThrow', 'LongJump', 'PoleVault',
+               'Shotput', 'SoccerPenalty', 'TennisSwing', 'ThrowDiscus', 'VolleyballSpiking']
+CLASS_NAME_OF_ID = dict(zip(CLASS_REAL[1:], CLASS_NAMES[1:]))
+CLASS_INDEX_OF_ID = {cid: k for k, cid in enumerate(CLASS_REAL) if k > 0}
+
+# THUMOS14 test videos that are not 30 fps (the release hard-codes this table).
+DEFAULT_FPS = 30.0
+FPS_EXCEPTIONS = {'video_test_0000950': 25.0, 'video_test_0001058': 25.0,
+                  'video_test_0001195': 25.0, 'video_test_0001255': 25.0,
+                  'video_test_0001459': 25.0, 'video_test_0001207': 24.0}
+
+
+@dataclass
+class Config:
+    # --- which run: output names are <mode>_<pretrain>_<method> ---
+    mode: str = 'temporal'             # temporal (optical-flow stream) | spatial (RGB stream)
+    pretrain: str = 'UCF101'           # UCF101 (D = 1024) | KnetV3 (D = 2048); D itself is read from the data
+    method: str = 'decouple_ssad'      # main_stream | decouple_ssad
+
+    # --- data ---
+    data_dir: str = 'data/thumos14'    # <data_dir>/<split>/{thumos14_<split>_annotation.csv, window_info.log, gt.npz}
+    feature_path: str = 'data/THUMOS14/feature'  # <feature_path>/<split>/<mode>DataX<pretrain>/{0.npy.. | packed .npy | <video>.npy}
+    eval_gt_dir: str = 'data/thumos14/eval_annotation'  # <Class>_test.txt, Ambiguous_test.txt, detclasslist.txt
+    fps_file: str = ''                 # optional CSV "video,fps"; videos not listed use FPS_EXCEPTIONS, then 30
+    train_split_set: str = 'val'
+    test_split_set: str = 'test'
+    window_size: int = 512             # frames per window
+    input_steps: int = 128             # feature steps per window (one step = 4 frames)
+    train_stride: int = 128            # frames between training windows
+    test_stride: int = 256             # frames between test windows
+    overlap_ratio_threshold: float = 0.9  # a training window keeps an instance when > 0.9 of it is inside
+
+    # --- network and anchors ---
+    num_classes: int = 21              # 20 THUMOS14 classes + background
+    layers_name: tuple = ('AL1', 'AL2', 'AL3')
+    num_anchors: tuple = (16, 8, 4)    # positions per anchor layer
+    scale: tuple = (1 / 16, 1 / 8, 1 / 4)
+    aspect_ratios: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)
+    identical_kernel_init: bool = True  # release quirk: same-shaped kernels start equal; False = independent draws
+
+    # --- training ---
+    batch_size: int = 48
+    learning_rates: tuple = (1e-4,) * 30 + (1e-5,)  # one per epoch: 31 epochs, the last one matters
+    p_class: float = 1.0               # loss = p_class * class + p_loc * loc + p_conf * conf
+    p_loc: float = 10.0
+    p_conf: float = 10.0
+    negative_ratio: float = 1.0
+    seed: int = 1129
+    detach_match_score: bool = False   # improvement: no gradient from the conf loss into the offsets
+    reshuffle_each_epoch: bool = True  # False = the release's one fixed shuffle for all epochs
+    released_batching: bool = False    # True = the release's exact-48 batches (drops / repeats windows)
+    small_num_data_for_test: bool = False  # release switch: train and test on one batch of windows
+    keep_checkpoints: int = 2          # newest checkpoints kept in models/<run>/
+    device: str = 'auto'               # auto | cpu | cuda | cuda:1 ...
+    bf16: bool = False                 # improvement: bf16 autocast (fp32 is what the paper used)
+    compile: bool = False              # improvement: torch.compile the model
+    feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16)
+
+    # --- post-processing and fusion ---
+    filter_neg_threshold: float = 0.98    # drop anchors with background score >= this
+    filter_conf_threshold: float = 0.1    # drop anchors with conf <= this
+    filter_neg_threshold_fuse: float = 0.99  # the same, on fused scores
+    nms_threshold: float = 0.2
+    fuse_temporal_weight: float = 2 / 3   # fused = w * temporal + (1 - w) * spatial
+
+    # --- outputs ---
+    models_dir: str = 'models'
+    results_dir: str = 'results'
+    logs_dir: str = 'logs'
+
+    @property
+    def training_epochs(self):
+        return len(self.learning_rates)
+
+    @property
+    def run_name(self):
+        return f'{self.mode}_{self.pretrain}_{self.method}'
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# --- output paths, as the release names them ---
+
+def get_models_dir(cfg):
+    return join(cfg.models_dir, cfg.run_name)
+
+
+def get_predict_result_path(cfg):
+    return join(cfg.results_dir, f'predict_{cfg.run_name}.csv')
+
+
+def get_result_path(cfg):
+    return join(cfg.results_dir, f'result_{cfg.run_name}.txt')
+
+
+def get_fuse_result_path(cfg):
+    return join(cfg.results_dir, f'result_fuse_{cfg.pretrain}_{cfg.method}.txt')
+
+
+def get_log_path(cfg):
+    return join(cfg.logs_dir, f'{cfg.run_name}.log')
+
+
+def get_anno_path(cfg, split_set):
+    return join(cfg.data_dir, split_set, f'thumos14_{split_set}_annotation.csv')
+
+
+def get_data_x_path(cfg, split_set, mode=None):
+    return join(cfg.feature_path, split_set, f'{mode or cfg.mode}DataX{cfg.pretrain}')
+
+
+# --- command-line overrides ---
+
+def _parse_bool(text):
+    low = text.lower()
+    if low in ('1', 'true', 'yes', 'on'):
+        return True
+    if low in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError(f'expected true or false, got {text!r}')
+
+
+def _convert(name, default, text):
+    """Turn `text` into a value of the same type as `default`."""
+    try:
+        if isinstance(default, bool):
+            return _parse_bool(text)
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            return tuple(_convert(name, kind(), item.strip()) for item in text.split(',') if item.strip())
+        return type(default)(text)
+    except ValueError as err:
+        raise SystemExit(f'error: --{name}={text}: {err}') from None
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``['--key=value', ...]`` to a Config; an unknown key lists the valid ones."""
+    valid = {f.name: f for f in fields(cfg)}
+    for arg in overrides:
+        if not arg.startswith('--') or '=' not in arg:
+            raise SystemExit(f'error: unrecognised argument {arg!r}; config overrides are written --key=value')
+        key, text = arg[2:].split('=', 1)
+        key = key.replace('-', '_')
+        if key not in valid:
+            raise SystemExit(f'error: unknown config key {key!r}. Valid keys:\n  ' + '\n  '.join(sorted(valid)))
+        setattr(cfg, key, _convert(key, getattr(cfg, key), text))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    """Reject settings that cannot work together, naming the fields."""
+    problems = []
+    if cfg.mode not in ('temporal', 'spatial'):
+        problems.append(f'mode must be temporal or spatial, got {cfg.mode!r}')
+    if cfg.method not in ('main_stream', 'decouple_ssad'):
+        problems.append(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+    n = len(cfg.layers_name)
+    if not (len(cfg.num_anchors) == len(cfg.scale) == n):
+        problems.append(f'layers_name, num_anchors and scale need one entry per anchor layer '
+                        f'(got {n}, {len(cfg.num_anchors)}, {len(cfg.scale)})')
+    if len(cfg.num_anchors) == 3 and tuple(cfg.num_anchors) != (cfg.input_steps // 8, cfg.input_steps // 16,
+                                                                cfg.input_steps // 32):
+        problems.append(f'num_anchors {cfg.num_anchors} does not fit the network: with input_steps='
+                        f'{cfg.input_steps} the anchor layers have {cfg.input_steps // 8}, '
+                        f'{cfg.input_steps // 16}, {cfg.input_steps // 32} positions')
+    if cfg.window_size != 4 * cfg.input_steps:
+        problems.append(f'window_size ({cfg.window_size}) must be 4 * input_steps ({cfg.input_steps})')
+    if not cfg.learning_rates:
+        problems.append('learning_rates is empty: it holds one learning rate per epoch')
+    if not cfg.aspect_ratios:
+        problems.append('aspect_ratios is empty')
+    if cfg.batch_size < 1:
+        problems.append('batch_size must be >= 1')
+    if problems:
+        raise SystemExit('error: bad config: ' + '; '.join(problems))
+
+
+def parse_config(parser=None, argv=None):
+    """Parse a script's own arguments with `parser` (argparse) and the rest as config overrides.
+
+    Returns (cfg, args). Every script calls this, so `--key=value` means the same everywhere.
+    ``--config FILE`` starts from a saved config.json (e.g. the one beside a checkpoint).
+    """
+    parser = parser or argparse.ArgumentParser()
+    parser.add_argument('--config', default=None, help='start from this config.json, then apply overrides')
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(args.config) if args.config else Config()
+    # The released scripts take mode / pretrain / method as plain options; accept them either way.
+    for key in ('mode', 'pretrain', 'method'):
+        if getattr(args, key, None) is not None:
+            setattr(cfg, key, getattr(args, key))
+    apply_overrides(cfg, rest)
+    return cfg, args
+
+
+def config_from_dict(values):
+    """Rebuild a Config from to_dict() output (lists become tuples); unknown keys are an error."""
+    cfg = Config()
+    valid = {f.name for f in fields(cfg)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f'unknown config keys {unknown}')
+    for key, value in values.items():
+        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path):
+    with open(path) as f:
+        return config_from_dict(json.load(f))
+
+
+if __name__ == '__main__':
+    # `python config.py [--key=value ...]` prints the resulting config.
+    cfg, _ = parse_config()
+    print(json.dumps(cfg.to_dict(), indent=1))
