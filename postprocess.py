@@ -1,0 +1,317 @@
+"""Post-processing (SPEC 10) and two-stream fusion (SPEC 11), vectorised.
+
+From a predictions table (one row per anchor per window) to THUMOS14 detections:
+
+1. keep rows with score_0 < 0.98 and conf > 0.1;
+2. s_k = score_k * sigmoid(conf); three candidates per row, found as the release
+   finds them: take the first argmax, set it to 0, take the first argmax again
+   (so in a row whose other scores are all 0 the next candidate is the lowest
+   class whose score is then 0, with score 0);
+3. every CliffDiving (22) candidate repeated as Diving (26);
+4. greedy NMS per (video, class) with the release's unclamped IoU, where 0/0
+   (identical zero-length boxes) counts as overlapping;
+5. frames / fps -> seconds.
+
+The whole table is processed at once; the NMS loops over NMS *rounds* only, each
+round deciding the next kept detection of every (video, class) group together.
+Ties in score are broken as the release's `argsort()[::-1]` breaks them for small
+groups: the later candidate in the release's concatenation order goes first.
+"""
+import os
+
+import numpy as np
+import pandas as pd
+
+import config as C
+from fileio import atomic_open, atomic_path
+
+SCORE_COLUMNS = [f'score_{k}' for k in range(21)]
+PRED_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+RESULT_FORMAT = '%s\t%.3f\t%.3f\t%d\t%.4f\n'
+CLIFF_DIVING, DIVING = 22, 26
+CANDIDATES_PER_ROW = 3
+
+
+# ----------------------------------------------------------------------------- predictions table
+
+def prediction_arrays(pred):
+    """Column arrays of a predictions table given as a DataFrame or a dict.
+
+    A dict may hold `scores` [N, 21] instead of the 21 score_k columns.
+    Returns dict(video_name [N] str, start [N] int64, conf, xmin, xmax [N] float64, scores [N, 21] float64).
+    """
+    if isinstance(pred, pd.DataFrame):
+        missing = [c for c in PRED_COLUMNS if c not in pred.columns]
+        if missing:
+            raise ValueError(f'predictions table lacks columns {missing}')
+        scores = pred[SCORE_COLUMNS].to_numpy(np.float64)
+        get = pred.__getitem__
+    else:
+        scores = pred['scores'] if 'scores' in pred else np.stack([pred[c] for c in SCORE_COLUMNS], 1)
+        get = pred.__getitem__
+    out = dict(video_name=np.asarray(get('video_name'), dtype=object),
+               start=np.asarray(get('start'), dtype=np.int64),
+               conf=np.asarray(get('conf'), dtype=np.float64),
+               xmin=np.asarray(get('xmin'), dtype=np.float64),
+               xmax=np.asarray(get('xmax'), dtype=np.float64),
+               scores=np.asarray(scores, dtype=np.float64))
+    n = len(out['video_name'])
+    for key, value in out.items():
+        if len(value) != n:
+            raise ValueError(f'predictions table: column {key} has {len(value)} rows, video_name has {n}')
+    if out['scores'].ndim != 2 or out['scores'].shape[1] != 21:
+        raise ValueError(f'predictions table: scores must be [N, 21], got {out["scores"].shape}')
+    return out
+
+
+def predictions_frame(arrays):
+    """The predictions CSV's DataFrame (SPEC 2 column order) from column arrays."""
+    df = pd.DataFrame({'video_name': arrays['video_name'], 'start': arrays['start'],
+                       'conf': arrays['conf'], 'xmin': arrays['xmin'], 'xmax': arrays['xmax']})
+    scores = pd.DataFrame(np.asarray(arrays['scores']), columns=SCORE_COLUMNS)
+    return pd.concat([df, scores], axis=1)
+
+
+def read_predictions(path):
+    """Read and validate a predictions CSV; ValueError naming the file and line on bad input."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: predictions file not found')
+    try:
+        # Blank lines kept (as empty rows) so that row i is file line i + 2 in error messages.
+        df = pd.read_csv(path, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f'{path}: empty file, expected a header line {",".join(PRED_COLUMNS)}') from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: not a predictions CSV: {err}') from None
+    missing = [c for c in PRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f'{path}, line 1: missing columns {missing}; the header must be {",".join(PRED_COLUMNS)}')
+    names = df['video_name']
+    bad = names.isna().to_numpy() | (names.astype(str).str.strip() == '').to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f'{path}, line {i + 2}: empty video_name')
+    for col in PRED_COLUMNS[1:]:
+        values = pd.to_numeric(df[col], errors='coerce').to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if col == 'start':
+            bad |= values != np.round(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f'{path}, line {i + 2}: column {col}: {df[col].iloc[i]!r} is not '
+                             f'{"an integer frame" if col == "start" else "a finite number"}')
+        df[col] = values.astype(np.int64) if col == 'start' else values
+    df['video_name'] = names.astype(str)
+    return df[PRED_COLUMNS]
+
+
+def write_predictions(path, pred):
+    """Write a predictions table (DataFrame or column arrays) as the SPEC 2 CSV, atomically.
+
+    Floats are written in full precision, so reading the file back gives the same numbers.
+    """
+    df = pred if isinstance(pred, pd.DataFrame) else predictions_frame(pred)
+    with atomic_path(path) as tmp:
+        df[PRED_COLUMNS].to_csv(tmp, index=False)
+
+
+# ----------------------------------------------------------------------------- fps
+
+def default_fps_of(cfg=None):
+    """video -> fps: load_data's table (cfg.fps_file, then the exceptions, then 30) when there is one."""
+    try:
+        from load_data import video_fps
+    except ImportError:
+        video_fps = None
+    if video_fps is not None and cfg is not None:
+        return video_fps(cfg)
+    if cfg is not None and getattr(cfg, 'fps_file', ''):
+        raise ValueError(f'fps_file={cfg.fps_file} is set but load_data.video_fps, which reads it, is missing')
+    return lambda video: C.FPS_EXCEPTIONS.get(video, C.DEFAULT_FPS)
+
+
+def _fps_array(videos, fps_of):
+    """fps of each name in `videos` (a short array of unique names)."""
+    if isinstance(fps_of, dict):
+        table = fps_of
+        fps_of = lambda video: table.get(video, C.FPS_EXCEPTIONS.get(video, C.DEFAULT_FPS))  # noqa: E731
+    fps = np.array([float(fps_of(v)) for v in videos], dtype=np.float64)
+    bad = ~(fps > 0) | ~np.isfinite(fps)
+    if bad.any():
+        raise ValueError(f'video {videos[np.flatnonzero(bad)[0]]}: fps {fps[bad][0]} is not a positive number')
+    return fps
+
+
+# ----------------------------------------------------------------------------- SPEC 10
+
+def top3_candidates(scores, conf):
+    """The release's three candidates per row.
+
+    scores [N, 21] (softmax, column 0 background), conf [N] raw.
+    Returns (cls [N, 3] model class index 1..20, score [N, 3]) in float64 like the release.
+    """
+    s = scores[:, 1:] * (1.0 / (1.0 + np.exp(-conf)))[:, None]
+    rows = np.arange(len(s))
+    cls = np.empty((len(s), CANDIDATES_PER_ROW), np.int64)
+    val = np.empty((len(s), CANDIDATES_PER_ROW), np.float64)
+    for k in range(CANDIDATES_PER_ROW):
+        # np.argmax returns the first maximum, as list.index(max(list)) does; zeroing
+        # the taken maximum (rather than masking it) is the release's behaviour.
+        cls[:, k] = np.argmax(s, axis=1)
+        val[:, k] = s[rows, cls[:, k]]
+        s[rows, cls[:, k]] = 0.0
+    return cls + 1, val
+
+
+def greedy_nms(group, start, end, threshold):
+    """Greedy NMS of candidates already sorted by (group, priority); returns a keep mask.
+
+    In each round the first undecided candidate of every group is kept and the
+    candidates of its group that overlap it are dropped, for all groups at once.
+    IoU as released: inter = min(end) - max(start) (unclamped), inter / (len_a + len_b - inter);
+    a candidate survives only when IoU <= threshold, so NaN (0/0) suppresses.
+    """
+    n = len(group)
+    keep = np.zeros(n, bool)
+    idx = np.arange(n)
+    g, s, e = group, start, end
+    d = e - s
+    with np.errstate(divide='ignore', invalid='ignore'):
+        while idx.size:
+            head = np.ones(idx.size, bool)
+            head[1:] = g[1:] != g[:-1]
+            heads = np.flatnonzero(head)
+            h = heads[np.cumsum(head) - 1]  # position of each candidate's group head
+            inter = np.minimum(e[h], e) - np.maximum(s[h], s)
+            iou = inter / (d[h] + d - inter)
+            alive = iou <= threshold
+            alive[heads] = False
+            keep[idx[heads]] = True
+            idx, g, s, e, d = idx[alive], g[alive], s[alive], e[alive], d[alive]
+    return keep
+
+
+def post_process(pred, cfg, fps_of=None, fused=False):
+    """SPEC 10 on a predictions table (DataFrame or column arrays); SPEC 11's extra filter when `fused`.
+
+    fps_of: callable or dict video -> fps (default: load_data.video_fps(cfg), else the
+    THUMOS14 exceptions and 30). Returns a DataFrame of detections with columns
+    video, start, end (seconds), class_id (THUMOS14 id), score; order carries no meaning.
+    """
+    a = prediction_arrays(pred)
+    mask = np.ones(len(a['conf']), bool)
+    if fused:
+        mask &= a['scores'][:, 0] < cfg.filter_neg_threshold_fuse
+    # The release applies the single-stream filters to fused rows as well.
+    mask &= (a['scores'][:, 0] < cfg.filter_neg_threshold) & (a['conf'] > cfg.filter_conf_threshold)
+    rows = np.flatnonzero(mask)
+    n = len(rows)
+
+    video_code, videos = pd.factorize(a['video_name'][rows])
+    cls, score = top3_candidates(a['scores'][rows], a['conf'][rows])
+    class_id = np.asarray(C.CLASS_REAL, np.int64)[cls]
+
+    # Candidates in the release's order within a video: all first choices (row order),
+    # then all second, then all third, then the Diving copies of CliffDiving candidates.
+    row = np.tile(np.arange(n), CANDIDATES_PER_ROW)
+    cand_class = class_id.T.reshape(-1)
+    cand_score = score.T.reshape(-1)
+    order_pos = np.arange(n * CANDIDATES_PER_ROW)
+    cliff = np.flatnonzero(cand_class == CLIFF_DIVING)
+    row = np.concatenate([row, row[cliff]])
+    cand_class = np.concatenate([cand_class, np.full(len(cliff), DIVING)])
+    cand_score = np.concatenate([cand_score, cand_score[cliff]])
+    order_pos = np.concatenate([order_pos, n * CANDIDATES_PER_ROW + order_pos[cliff]])
+
+    cand_video = video_code[row]
+    order = np.lexsort((-order_pos, -cand_score, cand_class, cand_video))
+    group = cand_video[order] * (max(C.CLASS_REAL) + 1) + cand_class[order]
+    start = a['xmin'][rows][row[order]]
+    end = a['xmax'][rows][row[order]]
+    keep = greedy_nms(group, start, end, cfg.nms_threshold)
+
+    kept = order[keep]
+    fps = _fps_array(np.asarray(videos, dtype=object), fps_of if fps_of is not None else default_fps_of(cfg))
+    kv = cand_video[kept]
+    return pd.DataFrame({'video': np.asarray(videos, dtype=object)[kv],
+                         'start': a['xmin'][rows][row[kept]] / fps[kv],
+                         'end': a['xmax'][rows][row[kept]] / fps[kv],
+                         'class_id': cand_class[kept],
+                         'score': cand_score[kept]})
+
+
+def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
+    """SPEC 11: weighted average of two aligned predictions tables (DataFrames).
+
+    Rows must describe the same windows in the same order; otherwise ValueError naming
+    the first row (and file line) that differs. Returns the fused DataFrame, unfiltered:
+    post_process(..., fused=True) applies the fused filter.
+    """
+    if len(temporal) != len(spatial):
+        raise ValueError(f'{names[0]} has {len(temporal)} prediction rows, {names[1]} has {len(spatial)}: '
+                         f'they are not predictions of the same windows')
+    tv = np.asarray(temporal['video_name'], dtype=object)
+    sv = np.asarray(spatial['video_name'], dtype=object)
+    ts = np.asarray(temporal['start'], dtype=np.int64)
+    ss = np.asarray(spatial['start'], dtype=np.int64)
+    differ = (tv != sv) | (ts != ss)
+    if differ.any():
+        i = int(np.flatnonzero(differ)[0])
+        raise ValueError(f'predictions do not align at row {i} (line {i + 2}): {names[0]} has '
+                         f'{tv[i]} start {ts[i]}, {names[1]} has {sv[i]} start {ss[i]}; '
+                         f'both streams must be predicted over the same window list')
+    w = cfg.fuse_temporal_weight
+    cols = ['conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+    fused = pd.DataFrame({'video_name': tv, 'start': ts})
+    mixed = (w * temporal[cols].to_numpy(np.float64) + (1.0 - w) * spatial[cols].to_numpy(np.float64))
+    return pd.concat([fused, pd.DataFrame(mixed, columns=cols)], axis=1)
+
+
+# ----------------------------------------------------------------------------- result file
+
+def format_results(det):
+    """The THUMOS14 result text (SPEC 2) of a detections DataFrame."""
+    rows = zip(det['video'].tolist(), det['start'].tolist(), det['end'].tolist(),
+               det['class_id'].tolist(), det['score'].tolist())
+    return ''.join(map(RESULT_FORMAT.__mod__, rows))
+
+
+def write_results(path, det):
+    """Write detections in the THUMOS14 format, atomically."""
+    with atomic_open(path, 'w') as f:
+        f.write(format_results(det))
+
+
+def read_results(path):
+    """Read a THUMOS14 result file -> DataFrame(video, start, end, class_id, score); errors name the line."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: result file not found')
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            try:
+                if len(parts) != 5:
+                    raise ValueError(f'expected 5 fields, got {len(parts)}')
+                records.append((parts[0], float(parts[1]), float(parts[2]), int(parts[3]), float(parts[4])))
+            except ValueError as err:
+                raise ValueError(f'{path}, line {lineno}: {err}: {line.rstrip()!r}') from None
+    return pd.DataFrame.from_records(records, columns=['video', 'start', 'end', 'class_id', 'score'])
+
+
+def process_file(pred_path, out_path, cfg, fps_of=None):
+    """Re-post-process an existing predictions CSV into a result file; returns the detections."""
+    det = post_process(read_predictions(pred_path), cfg, fps_of)
+    write_results(out_path, det)
+    return det
+
+
+def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of=None):
+    """SPEC 11 from two predictions CSVs into a result file; returns the detections."""
+    fused = fuse_predictions(read_predictions(temporal_path), read_predictions(spatial_path), cfg,
+                             names=(temporal_path, spatial_path))
+    det = post_process(fused, cfg, fps_of, fused=True)
+    write_results(out_path, det)
+    return det
