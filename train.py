@@ -1,0 +1,324 @@
+"""Train the main-stream SSAD or Decouple-SSAD on one feature stream of THUMOS14.
+
+    python train.py --mode temporal --pretrain UCF101 --method decouple_ssad
+    python train.py ... --fresh                   # start over instead of resuming
+    python train.py ... --learning_rates=1e-4,1e-5 --device=cpu   # any Config field
+    torchrun --nproc_per_node=4 train.py ...      # several GPUs (gloo on CPU)
+
+Writes one checkpoint per epoch, models/<run>/model-ep-<e>.pt (the newest
+`keep_checkpoints` are kept) and models/<run>/config.json, and one loss line
+per epoch to logs/<run>.log, where <run> = <mode>_<pretrain>_<method>.
+Rerunning the same command resumes from the newest checkpoint and ends with
+the same weights as an uninterrupted run.
+
+The whole training set lives on the device and a batch is an index-select,
+so a step never waits for the host; losses are summed on the device and read
+once per epoch (and every POSTFIX_EVERY steps for the progress bar).
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import config
+import fileio
+import load_data
+import operations
+
+POSTFIX_EVERY = 25  # steps between progress-bar loss updates; each one syncs host and device
+TERMS = ('total', 'class', 'loc', 'conf')
+
+
+# -----------------------------------------------------------------------------
+# devices and processes
+
+def setup_device(cfg):
+    """-> (device, rank, world_size, started_process_group). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
+    name = cfg.device
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f'error: --device={cfg.device} but CUDA is not available')
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    started = False
+    if world > 1:
+        if device.type == 'cuda':
+            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+            started = True
+    rank = dist.get_rank() if world > 1 else 0
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        # TF32 changes results in the 3rd-4th digit; fp32 is what the paper used.
+        tf32 = bool(getattr(cfg, 'tf32', False))
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision('high' if tf32 else 'highest')
+    return device, rank, world, started
+
+
+def tree_map(fn, tree):
+    """Apply fn to every tensor in nested dicts / lists / tuples (the model's outputs)."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return tree
+
+
+def gather_batch(outputs, n):
+    """Concatenate every rank's slice of the batch, in batch order, keeping autograd.
+
+    Every rank then computes the loss of the whole batch (same numbers, same
+    easy-negative draw), so the DDP-averaged gradient is the gradient of the
+    single-process loss: all_gather's backward sums the ranks' identical
+    gradients (x world) and DDP divides by world.
+    """
+    return tree_map(lambda t: torch.cat(dist_nn.all_gather(t), 0)[:n], outputs)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints, RNG states, log
+
+def list_checkpoints(run_dir):
+    """-> [(epoch, path)] of models/<run>/model-ep-<e>.pt, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
+        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def rng_state(generator):
+    """Every RNG a run draws from, in a form torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+            'loss_generator': generator.get_state()}
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    npy = state['numpy']
+    np.random.set_state((npy['kind'], npy['keys'].numpy().astype(np.uint32), npy['pos'],
+                         npy['has_gauss'], npy['cached_gaussian']))
+    generator.set_state(state['loss_generator'])
+
+
+def keep_log_lines(log_path, last_epoch):
+    """On resume, drop the log lines of epochs after the checkpoint (they will be trained again)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines
+            if not (m := re.match(r'Epoch-(\d+) ', line)) or int(m.group(1)) <= last_epoch]
+    if kept != lines:
+        with fileio.atomic_open(log_path) as f:
+            f.writelines(kept)
+
+
+def log_line(epoch, losses):
+    return (f'Epoch-{epoch} Train Loss: Total - {losses["total"]:.05f}, Classification - {losses["class"]:.05f}, '
+            f'Localization - {losses["loc"]:.05f}, Confidence - {losses["conf"]:.05f}')
+
+
+# -----------------------------------------------------------------------------
+# training
+
+def train(cfg, fresh=False, data=None, progress=True):
+    """Train (or resume) the run named by cfg; returns
+    {'losses': {total, class, loc, conf} of the last epoch, 'model_path', 'epoch', 'windows_per_s'}.
+
+    data: optional dict as load_data.load_train_data returns (features [W,128,D], gt_label,
+    gt_box, gt_valid); read from cfg's paths when None.
+    """
+    device, rank, world, started = setup_device(cfg)
+    try:
+        return _train(cfg, fresh, data, progress, device, rank, world)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(cfg, fresh, data, progress, device, rank, world):
+    master = rank == 0
+    run_dir, log_path = config.get_models_dir(cfg), config.get_log_path(cfg)
+
+    # ---- data: everything on the device once; a batch is an index-select ----
+    if data is None:
+        data = load_data.load_train_data(cfg)
+    num_windows = len(data['features'])
+    if num_windows == 0:
+        raise SystemExit(f'error: the training set is empty: no windows for split {cfg.train_split_set!r} '
+                         f'({config.get_anno_path(cfg, cfg.train_split_set)}, '
+                         f'{config.get_data_x_path(cfg, cfg.train_split_set)})')
+    feature_dim = int(data['features'].shape[2])
+    features = torch.as_tensor(data['features']).to(device)
+    gt_label = torch.as_tensor(data['gt_label']).to(device)
+    gt_box = torch.as_tensor(data['gt_box']).to(device)
+    gt_valid = torch.as_tensor(data['gt_valid']).to(device)
+
+    # ---- resume, or start over ----
+    checkpoints = list_checkpoints(run_dir)
+    if fresh and master:
+        for _, path in checkpoints:
+            os.remove(path)
+    ckpt = None
+    if checkpoints and not fresh:
+        path = checkpoints[-1][1]
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as err:
+            raise SystemExit(f'error: cannot load checkpoint {path}: {err}\n'
+                             f'  (rerun with --fresh to start over)') from None
+        if ckpt.get('method') != cfg.method:
+            raise SystemExit(f'error: checkpoint {path} holds method {ckpt.get("method")!r}, '
+                             f'this run trains {cfg.method!r}; rerun with --fresh to start over')
+        if ckpt.get('feature_dim') != feature_dim:
+            raise SystemExit(f'error: checkpoint {path} was trained on features of dimension '
+                             f'{ckpt.get("feature_dim")}, but the features of {cfg.mode}/{cfg.pretrain} have '
+                             f'dimension {feature_dim}; rerun with --fresh to start over')
+        if ckpt['epoch'] + 1 >= cfg.training_epochs:
+            if master:
+                print(f'{cfg.run_name}: training is complete ({ckpt["epoch"] + 1} epochs, '
+                      f'{cfg.training_epochs} asked); newest checkpoint {path}. --fresh trains again.')
+            return {'losses': ckpt.get('losses'), 'model_path': path, 'epoch': ckpt['epoch'],
+                    'windows_per_s': None}
+    start_epoch = ckpt['epoch'] + 1 if ckpt else 0
+
+    if master:
+        os.makedirs(run_dir, exist_ok=True)
+        with fileio.atomic_open(os.path.join(run_dir, 'config.json')) as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+        os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
+        if ckpt:
+            keep_log_lines(log_path, ckpt['epoch'])
+        else:
+            open(log_path, 'w').close()
+    if world > 1:
+        dist.barrier()  # rank 0 has cleared old checkpoints before anyone writes
+
+    # ---- model, optimiser, RNGs ----
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # easy-negative draws
+    raw_model = operations.build_model(cfg, feature_dim).to(device)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.learning_rates[0], betas=(0.9, 0.999),
+                                 eps=1e-8, fused=device.type == 'cuda')
+    if ckpt:
+        raw_model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        set_rng_state(ckpt['rng'], generator)
+        if master:
+            print(f'{cfg.run_name}: resuming after epoch {ckpt["epoch"]} from {checkpoints[-1][1]}')
+    model = raw_model
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    def forward_loss(idx):
+        """Loss of the batch `idx` (device tensor of window indices); this rank runs its slice of it."""
+        n = len(idx)
+        if world > 1:  # contiguous slices, the short last one padded with repeats that gather drops
+            per_rank = math.ceil(n / world)
+            local = idx[torch.arange(rank * per_rank, (rank + 1) * per_rank, device=device).clamp_(max=n - 1)]
+        else:
+            local = idx
+        x = features.index_select(0, local).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            outputs = model(x)
+        outputs = tree_map(lambda t: t.float(), outputs)  # matching and loss in fp32
+        if world > 1:
+            outputs = gather_batch(outputs, n)
+        return operations.compute_loss(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg,
+                                       generator=generator)
+
+    # ---- epochs ----
+    result = None
+    for epoch in range(start_epoch, cfg.training_epochs):
+        for group in optimizer.param_groups:
+            group['lr'] = cfg.learning_rates[epoch]
+        batches = load_data.epoch_batches(num_windows, cfg, epoch)
+        bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
+        order = torch.as_tensor(np.concatenate(batches), dtype=torch.int64).to(device)
+        sums = torch.zeros(len(TERMS), device=device)
+        model.train()
+        t0 = time.time()
+        bar = tqdm(total=bounds[-1], unit='win', desc=f'{cfg.run_name} epoch {epoch}/{cfg.training_epochs - 1}',
+                   disable=not (progress and master), dynamic_ncols=True, leave=False)
+        for step in range(len(batches)):
+            idx = order[bounds[step]:bounds[step + 1]]
+            loss, terms = forward_loss(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([torch.as_tensor(v, device=device, dtype=torch.float32).detach()
+                                 for v in (loss, terms['class'], terms['loc'], terms['conf'])])
+            bar.update(len(idx))
+            if (step + 1) % POSTFIX_EVERY == 0 and not bar.disable:
+                bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in (sums / (step + 1)).tolist()])),
+                                refresh=False)
+        means = (sums / len(batches)).tolist()  # the one host-device sync of the epoch
+        losses = dict(zip(TERMS, means))
+        speed = bounds[-1] / (time.time() - t0)
+        bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in means])), refresh=False)
+        bar.close()
+        if not all(math.isfinite(v) for v in means):
+            raise SystemExit(f'error: {cfg.run_name}: loss is not finite in epoch {epoch}: {losses}')
+
+        path = os.path.join(run_dir, f'model-ep-{epoch}.pt')
+        if master:
+            ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
+                    'method': cfg.method, 'feature_dim': feature_dim, 'config': cfg.to_dict(),
+                    'losses': losses, 'rng': rng_state(generator)}
+            with fileio.atomic_path(path) as tmp:
+                torch.save(ckpt, tmp)
+            if cfg.keep_checkpoints > 0:
+                for _, old in list_checkpoints(run_dir)[:-cfg.keep_checkpoints]:
+                    os.remove(old)
+            line = log_line(epoch, losses)
+            with open(log_path, 'a') as f:
+                f.write(line + '\n')
+                f.flush()
+            if progress:
+                tqdm.write(f'{line} ({speed:.1f} windows/s)')
+        result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed}
+    if world > 1:
+        dist.barrier()  # the last checkpoint is on disk before any rank returns
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--mode', choices=('temporal', 'spatial'), default=None)
+    parser.add_argument('--pretrain', default=None, help='feature set, e.g. UCF101 (D=1024) or KnetV3 (D=2048)')
+    parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), default=None)
+    parser.add_argument('--fresh', action='store_true', help='delete this run\'s checkpoints and start over')
+    cfg, args = config.parse_config(parser)
+    train(cfg, fresh=args.fresh)
+
+
+if __name__ == '__main__':
+    main()
