@@ -1,0 +1,571 @@
+"""THUMOS14 data: annotations, sliding windows, training boxes, features, batches.
+
+Everything the other stages read goes through here (SPEC sections 2, 3, 8, 14):
+
+    anno = read_annotation(csv)                      # validated annotation rows
+    starts, videos = make_windows(anno, 'val', cfg)  # SPEC 3 sliding windows
+    gt = make_gt(anno, starts, videos, cfg)          # boxes kept by the 0.9 rule
+    data = load_train_data(cfg)                      # features + dense padded ground truth
+    for idx in epoch_batches(len(data['starts']), cfg, epoch): ...
+
+Feature layouts under `<feature_path>/<split>/<mode>DataX<pretrain>/`, tried in this order:
+  packed.npy      one [W, 128, D] array (float32 or float16), window i = row i; written by
+                  data/pack_features.py from the per-window folder; memory-mappable.
+  0.npy ...       one [128, D] file per window, window i = `<i>.npy` (the released layout).
+  <video>.npy     one [T, D] file per video, one step per 4 frames; window at start frame s
+                  is steps s // 4 .. s // 4 + 127, a short tail padded with the last step.
+"""
+import builtins
+import os
+import pickle
+import re
+
+import numpy as np
+import pandas as pd
+
+from config import CLASS_INDEX_OF_ID, DEFAULT_FPS, FPS_EXCEPTIONS, get_anno_path, get_data_x_path
+from fileio import atomic_open, atomic_path
+
+ANNOTATION_COLUMNS = ('video', 'type', 'type_idx', 'startFrame', 'endFrame', 'frame_num')
+TRIM_FRAMES = 9        # the released window generator ignores the last 9 frames of every video
+FRAMES_PER_STEP = 4
+PACKED_NAME = 'packed.npy'
+
+
+# --- annotations ---
+
+def read_annotation(path):
+    """Read and validate a `thumos14_<split>_annotation.csv` (SPEC 2).
+
+    Errors name the file and the line (line 1 is the header)."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: annotation file not found')
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: cannot read as CSV: {err}') from None
+    missing = [c for c in ANNOTATION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f'{path}: missing column(s) {missing}; the header must be {",".join(ANNOTATION_COLUMNS)}')
+    df = df[list(ANNOTATION_COLUMNS)].copy()
+    lines = np.arange(len(df)) + 2
+
+    def fail(mask, what):
+        bad = np.flatnonzero(np.asarray(mask))
+        if len(bad):
+            i = bad[0]
+            row = ','.join(str(df[c].iloc[i]) for c in ANNOTATION_COLUMNS)
+            more = f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''
+            raise ValueError(f'{path}:{lines[i]}: {what}: {row}{more}')
+
+    fail(df['video'].str.strip() == '', 'empty video name')
+    for col in ('type_idx', 'startFrame', 'endFrame', 'frame_num'):
+        fail(~df[col].str.strip().str.fullmatch(r'-?\d+'), f'{col} is not an integer')
+        df[col] = df[col].astype(np.int64)
+    df['video'] = df['video'].str.strip()
+    fail(~df['type_idx'].isin(list(CLASS_INDEX_OF_ID)),
+         f'unknown class id (type_idx); THUMOS14 ids are {sorted(CLASS_INDEX_OF_ID)}')
+    fail(df['startFrame'] < 0, 'startFrame is negative')
+    fail(df['endFrame'] <= df['startFrame'], 'endFrame <= startFrame')
+    fail(df['frame_num'] <= 0, 'frame_num must be positive')
+    fail(df.groupby('video')['frame_num'].transform('nunique') > 1, 'frame_num differs between rows of one video')
+    return df.reset_index(drop=True)
+
+
+def _is_training(split, cfg):
+    if isinstance(split, (bool, np.bool_)):
+        return bool(split)
+    if split in (cfg.train_split_set, 'val', 'train'):
+        return True
+    if split in (cfg.test_split_set, 'test'):
+        return False
+    raise ValueError(f'unknown split {split!r}: expected {cfg.train_split_set!r} or {cfg.test_split_set!r}')
+
+
+# --- sliding windows (SPEC 3) ---
+
+def candidate_windows(anno_df, training, cfg):
+    """All sliding windows of every annotated video, before the training filter.
+
+    Videos in name order, starts ascending; the end-aligned window is kept even when a stride
+    window already starts there (the released lists have such repeats)."""
+    per_video = anno_df.groupby('video', sort=True)['frame_num'].first()
+    names = per_video.index.to_numpy(dtype=str)
+    length = per_video.to_numpy(np.int64) - TRIM_FRAMES
+    stride = cfg.train_stride if training else cfg.test_stride
+    size = cfg.window_size
+    n = np.maximum((length + stride - size) // stride, 0)
+    if not training:
+        n = np.maximum(n, 1)                      # a short test video still gets one (padded) window
+    tail = length > size
+    counts = n + tail
+    video_of = np.repeat(np.arange(len(names)), counts)
+    first = np.cumsum(counts) - counts
+    k = np.arange(counts.sum()) - first[video_of]  # position of the window inside its video
+    starts = np.where(k < n[video_of], k * stride, length[video_of] - size).astype(np.int64)
+    return starts, names[video_of]
+
+
+def make_gt(anno_df, starts, videos, cfg):
+    """Boxes of the instances each window keeps (> cfg.overlap_ratio_threshold inside).
+
+    Returns dict(start [W], video [W], offsets [W+1], label [M] (1..20), box [M,3] float32
+    (xmin, xmax, overlap ratio), xmin/xmax normalised to the window). Instances of a window
+    keep the annotation file's order."""
+    starts = np.asarray(starts, dtype=np.int64)
+    videos = np.asarray(videos, dtype=str)
+    if len(starts) != len(videos):
+        raise ValueError(f'{len(starts)} window starts but {len(videos)} window videos')
+    # Pair every window with every instance of its video, then keep the pairs that pass the rule.
+    anno = anno_df.reset_index(drop=True)
+    order = np.argsort(anno['video'].to_numpy(dtype=str), kind='stable')
+    inst_video = anno['video'].to_numpy(dtype=str)[order]
+    lo = np.searchsorted(inst_video, videos, side='left')
+    hi = np.searchsorted(inst_video, videos, side='right')
+    per_window = hi - lo
+    win = np.repeat(np.arange(len(starts)), per_window)
+    inst = order[np.repeat(lo, per_window) + np.arange(per_window.sum()) - np.repeat(np.cumsum(per_window) - per_window, per_window)]
+    s = anno['startFrame'].to_numpy(np.float64)[inst]
+    e = anno['endFrame'].to_numpy(np.float64)[inst]
+    w0 = starts[win].astype(np.float64)
+    w1 = w0 + cfg.window_size
+    inside = np.minimum(w1, e) - np.maximum(s, w0)
+    ratio = inside / (e - s)
+    keep = ratio > cfg.overlap_ratio_threshold
+    win, inst, ratio = win[keep], inst[keep], ratio[keep]
+    box = np.stack([(np.maximum(s[keep], w0[keep]) - w0[keep]) / cfg.window_size,
+                    (np.minimum(e[keep], w1[keep]) - w0[keep]) / cfg.window_size, ratio], axis=1)
+    id_to_index = np.zeros(max(CLASS_INDEX_OF_ID) + 1, dtype=np.int64)
+    id_to_index[list(CLASS_INDEX_OF_ID)] = list(CLASS_INDEX_OF_ID.values())
+    label = id_to_index[anno['type_idx'].to_numpy(np.int64)[inst]]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(win, minlength=len(starts)))]).astype(np.int64)
+    return dict(start=starts, video=videos, offsets=offsets, label=label, box=box.astype(np.float32))
+
+
+def make_windows(anno_df, split, cfg):
+    """SPEC 3 windows of a split: (starts int64 [W], videos str [W]).
+
+    `split` is 'val' / 'test' (cfg.train_split_set / cfg.test_split_set) or training=True/False.
+    Training windows are the candidates that keep at least one instance."""
+    training = _is_training(split, cfg)
+    starts, videos = candidate_windows(anno_df, training, cfg)
+    if training:
+        has_box = np.diff(make_gt(anno_df, starts, videos, cfg)['offsets']) > 0
+        starts, videos = starts[has_box], videos[has_box]
+    return starts, videos
+
+
+# --- window lists ---
+
+_WINDOW_LINE = re.compile(r'\s*(\d+)\s*,\s*(\S+)\s*')
+
+
+def read_window_info(path):
+    """Read a `window_info.log` (`<start_frame>, <video>` per line) -> (starts int64, videos str)."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: window list not found (data/gen_data_info.py writes it)')
+    starts, videos = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            match = _WINDOW_LINE.fullmatch(line.rstrip('\n'))
+            if not match:
+                raise ValueError(f'{path}:{number}: expected "<start_frame>, <video>", got {line.rstrip()!r}')
+            starts.append(int(match.group(1)))
+            videos.append(match.group(2))
+    if not starts:
+        raise ValueError(f'{path}: window list is empty')
+    return np.array(starts, dtype=np.int64), np.array(videos, dtype=str)
+
+
+def write_window_info(path, starts, videos):
+    if len(starts) != len(videos):
+        raise ValueError(f'{path}: {len(starts)} starts but {len(videos)} videos')
+    with atomic_open(path) as f:
+        f.write(''.join(f'{int(s)}, {v}\n' for s, v in zip(starts, videos)))
+
+
+# --- training ground truth ---
+
+GT_FIELDS = ('start', 'video', 'offsets', 'label', 'box')
+
+
+def save_gt(path, gt):
+    check_gt(gt, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:   # a file object, so numpy does not append '.npz' to the temporary name
+            np.savez(f, start=np.asarray(gt['start'], np.int64), video=np.asarray(gt['video'], dtype=str),
+                     offsets=np.asarray(gt['offsets'], np.int64), label=np.asarray(gt['label'], np.int64),
+                     box=np.asarray(gt['box'], np.float32))
+
+
+def check_gt(gt, path='ground truth'):
+    """Raise ValueError naming `path` and the field when the arrays do not fit together."""
+    missing = [k for k in GT_FIELDS if k not in gt]
+    if missing:
+        raise ValueError(f'{path}: missing array(s) {missing}')
+    w, m = len(gt['start']), len(gt['label'])
+    offsets = np.asarray(gt['offsets'])
+    problems = []
+    if len(gt['video']) != w:
+        problems.append(f'video has {len(gt["video"])} entries, start has {w}')
+    if offsets.shape != (w + 1,):
+        problems.append(f'offsets has shape {offsets.shape}, expected ({w + 1},) for {w} windows')
+    elif offsets[0] != 0 or offsets[-1] != m or np.any(np.diff(offsets) < 0):
+        problems.append(f'offsets must rise from 0 to the number of boxes ({m})')
+    if np.shape(gt['box']) != (m, 3):
+        problems.append(f'box has shape {np.shape(gt["box"])}, expected ({m}, 3)')
+    label = np.asarray(gt['label'])
+    if m and (label.min() < 1 or label.max() > 20):
+        bad = int(np.flatnonzero((label < 1) | (label > 20))[0])
+        problems.append(f'label[{bad}] = {label[bad]} is not a class index 1..20')
+    box = np.asarray(gt['box'], dtype=np.float64)
+    if box.shape == (m, 3) and not np.isfinite(box).all():
+        problems.append(f'box[{int(np.flatnonzero(~np.isfinite(box).all(1))[0])}] is not finite')
+    if problems:
+        raise ValueError(f'{path}: ' + '; '.join(problems))
+
+
+def load_gt(path):
+    """Read a gt.npz written by save_gt (no pickles)."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: ground-truth file not found (data/gen_data_info.py writes it)')
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            gt = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f'{path}: cannot read: {err}') from None
+    check_gt(gt, path)
+    gt['video'] = gt['video'].astype(str)
+    return gt
+
+
+def pad_gt(gt):
+    """Dense per-window ground truth, so a batch is an index-select.
+
+    Returns gt_label int64 [W, Mmax] (0 = padding), gt_box float32 [W, Mmax, 2] (xmin, xmax),
+    gt_valid bool [W, Mmax]."""
+    offsets = np.asarray(gt['offsets'], dtype=np.int64)
+    counts = np.diff(offsets)
+    w, mmax = len(counts), max(int(counts.max(initial=0)), 1)
+    win = np.repeat(np.arange(w), counts)
+    slot = np.arange(offsets[-1]) - offsets[win]
+    gt_label = np.zeros((w, mmax), np.int64)
+    gt_box = np.zeros((w, mmax, 2), np.float32)
+    gt_valid = np.zeros((w, mmax), bool)
+    gt_label[win, slot] = gt['label']
+    gt_box[win, slot] = np.asarray(gt['box'])[:, :2]
+    gt_valid[win, slot] = True
+    return gt_label, gt_box, gt_valid
+
+
+# --- released pickles ---
+
+def _latin1_encode(text, encoding='latin1'):
+    # Pickles written by Python 3 with protocol 2 store bytes as _codecs.encode(str, 'latin1').
+    if encoding.lower().replace('-', '') != 'latin1':
+        raise pickle.UnpicklingError(f'refused _codecs.encode with encoding {encoding!r}')
+    return text.encode('latin1')
+
+
+def _allowed_globals():
+    allowed = {('builtins', n): getattr(builtins, n) for n in ('list', 'dict', 'tuple', 'set', 'frozenset',
+                                                              'bytearray', 'int', 'float', 'complex', 'bool',
+                                                              'str', 'bytes')}
+    allowed.update({('__builtin__', n): f for (_, n), f in list(allowed.items())})
+    allowed[('_codecs', 'encode')] = _latin1_encode
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        allowed[(module, '_reconstruct')] = multiarray._reconstruct
+        allowed[(module, 'scalar')] = multiarray.scalar
+    allowed[('numpy', 'ndarray')] = np.ndarray
+    allowed[('numpy', 'dtype')] = np.dtype
+    for name in dir(np.dtypes):   # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType etc.
+        if name.endswith('DType') and name not in ('StringDType',):
+            allowed[('numpy.dtypes', name)] = getattr(np.dtypes, name)
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    allowed = None
+
+    def find_class(self, module, name):
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(
+                f'refused to load {module}.{name}: only numpy arrays, dtypes and built-in containers are allowed')
+        return found
+
+
+def safe_unpickle(path):
+    """Load a pickle that may only hold numpy arrays, dtypes and built-in containers.
+
+    Anything else (a function, a class, os.system, ...) is refused with a ValueError naming the
+    file, before it can run. Python 2 pickles (the release's) are read with latin1 strings."""
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: file not found')
+    _RestrictedUnpickler.allowed = _RestrictedUnpickler.allowed or _allowed_globals()
+    try:
+        with open(path, 'rb') as f:
+            return _RestrictedUnpickler(f, encoding='latin1').load()
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError) as err:
+        raise ValueError(f'{path}: unsafe or unreadable pickle: {err}') from None
+
+
+def load_released_gt(window_info_path, gt_info_path, gt_label_path):
+    """The release's training ground truth (window_info.log, gt_info.pkl, gt_label.pkl) as a gt dict."""
+    starts, videos = read_window_info(window_info_path)
+    info, onehot = safe_unpickle(gt_info_path), safe_unpickle(gt_label_path)
+    for path, items, width in ((gt_info_path, info, 3), (gt_label_path, onehot, 21)):
+        if not isinstance(items, list) or len(items) != len(starts):
+            n = len(items) if isinstance(items, list) else type(items).__name__
+            raise ValueError(f'{path}: expected a list of {len(starts)} arrays (one per line of '
+                             f'{window_info_path}), got {n}')
+        for i, a in enumerate(items):
+            if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != width:
+                raise ValueError(f'{path}: entry {i} is not an [n, {width}] array')
+    counts = np.array([len(a) for a in info])
+    bad = np.flatnonzero(counts != np.array([len(a) for a in onehot]))
+    if len(bad):
+        raise ValueError(f'{gt_label_path}: entry {bad[0]} has a different number of instances than {gt_info_path}')
+    box = np.concatenate(info).astype(np.float32) if len(info) else np.zeros((0, 3), np.float32)
+    label = np.concatenate(onehot).argmax(1).astype(np.int64)
+    gt = dict(start=starts, video=videos, offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+              label=label, box=box)
+    check_gt(gt, gt_label_path)
+    return gt
+
+
+# --- features ---
+
+def _check_array(a, path, shape_tail=None):
+    if a.dtype.kind != 'f':
+        raise ValueError(f'{path}: features must be floating point, got dtype {a.dtype}')
+    if a.ndim != (3 if shape_tail is None else 2) and shape_tail is None:
+        raise ValueError(f'{path}: expected a [W, 128, D] array, got shape {a.shape}')
+    if shape_tail is not None and (a.ndim != 2 or (shape_tail[0] and a.shape[0] != shape_tail[0])
+                                   or (shape_tail[1] and a.shape[1] != shape_tail[1])):
+        want = ', '.join(str(n) if n else '?' for n in shape_tail)
+        raise ValueError(f'{path}: expected shape [{want}], got {list(a.shape)}')
+
+
+def _check_finite(a, path, chunk=64):
+    # In chunks: a whole-array isfinite on several GB would double the memory.
+    for i in range(0, len(a), chunk):
+        ok = np.isfinite(a[i:i + chunk]).reshape(len(a[i:i + chunk]), -1).all(1)
+        if not ok.all():
+            raise ValueError(f'{path}: NaN or inf in entry {i + int(np.flatnonzero(~ok)[0])}')
+
+
+def feature_layout(folder):
+    """Which layout a feature folder holds: 'packed', 'window' or 'video' (ValueError if none)."""
+    if os.path.isfile(os.path.join(folder, PACKED_NAME)):
+        return 'packed'
+    if os.path.isfile(os.path.join(folder, '0.npy')):
+        return 'window'
+    if os.path.isdir(folder) and any(n.endswith('.npy') for n in os.listdir(folder)):
+        return 'video'
+    raise ValueError(f'{folder}: no features found (expected {PACKED_NAME}, 0.npy ... or <video>.npy)')
+
+
+def _load_npy(path, mmap=False):
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode='r' if mmap else None)
+    except FileNotFoundError:
+        raise ValueError(f'{path}: feature file not found') from None
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f'{path}: cannot read as .npy: {err}') from None
+
+
+def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=None, mmap=False):
+    """Features of the windows `indices` (default all) of the window list (starts, videos).
+
+    Returns [len(indices), cfg.input_steps, D] in cfg.feature_dtype. D comes from the data.
+    `folder` overrides `<feature_path>/<split>/<mode>DataX<pretrain>`. With mmap=True a packed
+    array of the right dtype is returned memory-mapped (read-only) instead of read."""
+    folder = folder or get_data_x_path(cfg, split, mode)
+    starts = np.asarray(starts, np.int64)
+    videos = np.asarray(videos, str)
+    if len(starts) != len(videos):
+        raise ValueError(f'{len(starts)} window starts but {len(videos)} window videos')
+    w = len(starts)
+    indices = np.arange(w) if indices is None else np.asarray(indices, np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= w):
+        raise ValueError(f'window index out of range 0..{w - 1}')
+    dtype = np.dtype(cfg.feature_dtype)
+    steps = cfg.input_steps
+    layout = feature_layout(folder)
+
+    if layout == 'packed':
+        path = os.path.join(folder, PACKED_NAME)
+        packed = _load_npy(path, mmap=True)
+        _check_array(packed, path)
+        if packed.shape[0] != w or packed.shape[1] != steps:
+            raise ValueError(f'{path}: shape {list(packed.shape)} does not fit the window list '
+                             f'({w} windows of {steps} steps); repack it for this window list')
+        if mmap and packed.dtype == dtype and np.array_equal(indices, np.arange(w)):
+            _check_finite(packed, path)
+            return packed
+        out = np.empty((len(indices), steps, packed.shape[2]), dtype)
+        for i in range(0, len(indices), 256):   # sequential reads of a few hundred MB at a time
+            out[i:i + 256] = packed[indices[i:i + 256]]
+        _check_finite(out, path)
+        return out
+
+    if layout == 'window':
+        beyond = os.path.join(folder, f'{w}.npy')
+        if os.path.exists(beyond):
+            raise ValueError(f'{beyond}: the folder holds more windows than the window list ({w}); '
+                             f'features and window list do not belong together')
+        out, dim = None, None
+        for j, i in enumerate(indices):
+            path = os.path.join(folder, f'{i}.npy')
+            a = _load_npy(path)
+            _check_array(a, path, (steps, dim))
+            if out is None:
+                dim = a.shape[1]
+                out = np.empty((len(indices), steps, dim), dtype)
+            if not np.isfinite(a).all():
+                raise ValueError(f'{path}: NaN or inf at step {int(np.flatnonzero(~np.isfinite(a).all(1))[0])}')
+            out[j] = a
+        return out if out is not None else np.zeros((0, steps, 0), dtype)
+
+    # Per-video files: slice each video once for all of its windows.
+    out, dim = None, None
+    sel_videos = videos[indices]
+    for video in np.unique(sel_videos):
+        path = os.path.join(folder, f'{video}.npy')
+        a = _load_npy(path, mmap=True)
+        _check_array(a, path, (0, dim))
+        if out is None:
+            dim = a.shape[1]
+            out = np.empty((len(indices), steps, dim), dtype)
+        if len(a) == 0:
+            raise ValueError(f'{path}: no feature steps')
+        rows = np.flatnonzero(sel_videos == video)
+        first = starts[indices[rows]] // FRAMES_PER_STEP
+        late = first >= len(a)
+        if late.any():
+            r = rows[np.flatnonzero(late)[0]]
+            raise ValueError(f'{path}: window {indices[r]} starts at frame {starts[indices[r]]}, '
+                             f'past the {len(a)} feature steps of the video')
+        step = np.minimum(first[:, None] + np.arange(steps), len(a) - 1)   # short tail: repeat the last step
+        block = np.asarray(a[step.min():step.max() + 1])
+        if not np.isfinite(block).all():
+            raise ValueError(f'{path}: NaN or inf at step {step.min() + int(np.flatnonzero(~np.isfinite(block).all(1))[0])}')
+        out[rows] = block[step - step.min()]
+    return out
+
+
+# --- what training and testing read ---
+
+def _split_dir(cfg, split):
+    return os.path.join(cfg.data_dir, split)
+
+
+def load_train_gt(cfg):
+    """Window list and ground truth of the training split, in window-list order.
+
+    Reads gt.npz; without it, the release's gt_info.pkl + gt_label.pkl; without those, the boxes
+    are computed from the annotation CSV for the windows of window_info.log."""
+    split = cfg.train_split_set
+    folder = _split_dir(cfg, split)
+    info_path = os.path.join(folder, 'window_info.log')
+    starts, videos = read_window_info(info_path)
+    npz = os.path.join(folder, 'gt.npz')
+    pkl_info, pkl_label = os.path.join(folder, 'gt_info.pkl'), os.path.join(folder, 'gt_label.pkl')
+    if os.path.isfile(npz):
+        gt = load_gt(npz)
+        source = npz
+    elif os.path.isfile(pkl_info) and os.path.isfile(pkl_label):
+        gt = load_released_gt(info_path, pkl_info, pkl_label)
+        source = pkl_info
+    else:
+        gt = make_gt(read_annotation(get_anno_path(cfg, split)), starts, videos, cfg)
+        source = get_anno_path(cfg, split)
+    if len(gt['start']) != len(starts):
+        raise ValueError(f'{source}: {len(gt["start"])} windows, but {info_path} lists {len(starts)}')
+    bad = np.flatnonzero((gt['start'] != starts) | (gt['video'] != videos))
+    if len(bad):
+        i = bad[0]
+        raise ValueError(f'{source}: window {i} is ({gt["start"][i]}, {gt["video"][i]}) but line {i + 1} of '
+                         f'{info_path} is ({starts[i]}, {videos[i]})')
+    return gt
+
+
+def _first_batch(cfg, w):
+    return np.arange(min(cfg.batch_size, w) if cfg.small_num_data_for_test else w)
+
+
+def load_train_data(cfg, mode=None):
+    """dict(features [W,128,D], gt_label [W,Mmax], gt_box [W,Mmax,2], gt_valid [W,Mmax], starts, videos)."""
+    gt = load_train_gt(cfg)
+    keep = _first_batch(cfg, len(gt['start']))
+    features = load_features(cfg, cfg.train_split_set, gt['start'], gt['video'], mode, indices=keep)
+    gt_label, gt_box, gt_valid = pad_gt(gt)
+    return dict(features=features, gt_label=gt_label[keep], gt_box=gt_box[keep], gt_valid=gt_valid[keep],
+                starts=gt['start'][keep], videos=gt['video'][keep])
+
+
+def load_test_data(cfg, mode=None, windows=None, features=None):
+    """dict(features [W,128,D], starts, videos) of the test split.
+
+    `windows` overrides `<data_dir>/<test split>/window_info.log`, `features` the feature folder."""
+    windows = windows or os.path.join(_split_dir(cfg, cfg.test_split_set), 'window_info.log')
+    starts, videos = read_window_info(windows)
+    keep = _first_batch(cfg, len(starts))
+    feats = load_features(cfg, cfg.test_split_set, starts, videos, mode, indices=keep, folder=features)
+    return dict(features=feats, starts=starts[keep], videos=videos[keep])
+
+
+# --- batches ---
+
+def epoch_batches(num_windows, cfg, epoch):
+    """Index arrays of the batches of one epoch.
+
+    Default: every window exactly once, reshuffled each epoch from cfg.seed + epoch.
+    cfg.reshuffle_each_epoch=False: one shuffle (from cfg.seed) for every epoch, as released.
+    cfg.released_batching=True: the release's batches of exactly batch_size: the full ones, plus
+    one made of the last batch_size windows when more than 6 are left over (fewer are dropped).
+    cfg.small_num_data_for_test: only the first batch_size windows take part."""
+    n = min(num_windows, cfg.batch_size) if cfg.small_num_data_for_test else num_windows
+    bs = cfg.batch_size
+    rng = np.random.default_rng(cfg.seed + epoch if cfg.reshuffle_each_epoch else cfg.seed)
+    order = rng.permutation(n).astype(np.int64)
+    if not cfg.released_batching:
+        return [order[i:i + bs] for i in range(0, n, bs)]
+    full = n // bs
+    batches = [order[i * bs:(i + 1) * bs] for i in range(full)]
+    if n - full * bs > 6:
+        batches.append(order[-bs:])
+    return batches
+
+
+# --- frame rates ---
+
+class FpsTable(dict):
+    """video -> fps; videos not in the table are DEFAULT_FPS. Callable too, and works with Series.map."""
+
+    def __missing__(self, video):
+        return DEFAULT_FPS
+
+    def __call__(self, video):
+        return self[video]
+
+
+def video_fps(cfg):
+    """The fps of every video: cfg.fps_file (CSV `video,fps`), then FPS_EXCEPTIONS, then 30."""
+    table = FpsTable(FPS_EXCEPTIONS)
+    if cfg.fps_file:
+        path = cfg.fps_file
+        if not os.path.isfile(path):
+            raise ValueError(f'{path}: fps file not found')
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if list(df.columns[:2]) != ['video', 'fps']:
+            raise ValueError(f'{path}: the header must be "video,fps", got {",".join(df.columns)}')
+        fps = pd.to_numeric(df['fps'], errors='coerce').to_numpy(np.float64)
+        bad = np.flatnonzero(~(fps > 0) | (df['video'].str.strip() == '').to_numpy())
+        if len(bad):
+            raise ValueError(f'{path}:{bad[0] + 2}: expected "<video>,<fps > 0>", got '
+                             f'{df["video"].iloc[bad[0]]},{df["fps"].iloc[bad[0]]}')
+        table.update(zip(df['video'].str.strip(), fps.tolist()))
+    return table
