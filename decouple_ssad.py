@@ -1,0 +1,79 @@
+"""Decouple-SSAD: the main stream plus a localization and a classification branch.
+
+The base and main anchor layers and the main-stream heads are MainStream's own.
+Each branch turns MAL1..3 into BAL1..3 (top-down, with transposed-conv up-sampling);
+the localization branch has binary heads ([action logit, conf, dx, dw] per box),
+the classification branch multi-class heads. Per anchor layer, before decoding:
+
+    classification = (main + classification branch) / 2            (all channels)
+    localization   = [branch action logit, branch conf, (main dx, dw + branch dx, dw) / 2]
+
+forward returns dict of [B, A, C] raw outputs: 'main', 'loc_branch', 'cls_branch',
+'localization', 'classification'. The binary action logit and the classification
+branch's conf are computed but no loss uses them; they are kept so the released
+checkpoints load.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from main_stream import ANCHOR_WIDTH, MainStream, predict_layer
+from operations import Conv1dSame, init_weights, scope
+
+BRANCHES = ('ProposalBranch', 'ClassificationBranch')
+
+
+def branch_anchor_layer():
+    """Layers of one branch, named in the release's construction order."""
+    conv = {f'conv1d{"" if i == 0 else f"_{i}"}': Conv1dSame(ANCHOR_WIDTH, ANCHOR_WIDTH, 3) for i in range(9)}
+    up = {name: nn.ConvTranspose1d(ANCHOR_WIDTH, ANCHOR_WIDTH, 4, stride=2, padding=1)
+          for name in ('conv2d_transpose', 'conv2d_transpose_1')}
+    order = ['conv1d', 'conv1d_1', 'conv1d_2', 'conv2d_transpose', 'conv1d_3', 'conv1d_4', 'conv1d_5',
+             'conv2d_transpose_1', 'conv1d_6', 'conv1d_7', 'conv1d_8']
+    layers = {**conv, **up}
+    return scope(**{name: layers[name] for name in order})
+
+
+def branch_forward(s, mal1, mal2, mal3):
+    """[BAL1, BAL2, BAL3] of one branch from the main anchor layers."""
+    def inside(x, a, b):
+        return s[b](F.relu(s[a](x)))
+
+    def out(x, c):
+        return F.relu(s[c](F.relu(x)))
+
+    bal3 = out(inside(mal3, 'conv1d', 'conv1d_1'), 'conv1d_2')
+    bal2 = out((2 * inside(mal2, 'conv1d_3', 'conv1d_4') + s['conv2d_transpose'](bal3)) / 3, 'conv1d_5')
+    bal1 = out((2 * inside(mal1, 'conv1d_6', 'conv1d_7') + s['conv2d_transpose_1'](bal2)) / 3, 'conv1d_8')
+    return [bal1, bal2, bal3]
+
+
+class DecoupleSSAD(MainStream):
+
+    def __init__(self, cfg, feature_dim):
+        super().__init__(cfg, feature_dim, init=False)
+        init_weights(self, cfg.seed, cfg.identical_kernel_init)
+
+    def add_heads(self):
+        # the release's graph order: branches, then the three heads of each anchor layer together
+        for branch in BRANCHES:
+            self.add_module(f'branch_anchor_layer{branch}', branch_anchor_layer())
+        for name in self.layers_name:
+            self.add_module(f'mulClsReg_predict_layer{name}mainStream',
+                            predict_layer(self.num_classes + 3, self.num_boxes))
+            self.add_module(f'biClsReg_predict_layer{name}ProposalBranch', predict_layer(1 + 3, self.num_boxes))
+            self.add_module(f'mulClsReg_predict_layer{name}ClassificationBranch',
+                            predict_layer(self.num_classes + 3, self.num_boxes))
+
+    def forward(self, x):
+        mals = self.main_anchor_layers(x)
+        main = self.run_heads(self.heads('mulClsReg', 'mainStream'), mals)
+        loc = self.run_heads(self.heads('biClsReg', 'ProposalBranch'),
+                             branch_forward(self.branch_anchor_layerProposalBranch, *mals))
+        cls = self.run_heads(self.heads('mulClsReg', 'ClassificationBranch'),
+                             branch_forward(self.branch_anchor_layerClassificationBranch, *mals))
+        k = self.num_classes
+        localization = torch.cat([loc[..., :2], (main[..., k + 1:] + loc[..., 2:]) / 2], -1)
+        classification = (main + cls) / 2
+        return dict(main=main, loc_branch=loc, cls_branch=cls,
+                    localization=localization, classification=classification)

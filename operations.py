@@ -1,0 +1,375 @@
+"""The method's operations: TF-"same" layers, default boxes, matching, loss, prediction.
+
+Everything here is batched over windows and anchors (no host synchronisation in
+the training step), so that one training step is a handful of tensor ops.
+
+Raw head outputs (see main_stream.py / decouple_ssad.py) are [B, A, C] with
+A = 140 anchors (AL1, AL2, AL3 concatenated; anchor index = position * 5 + box)
+and channels [class logits..., conf, dx, dw]; the last three are always
+conf, dx, dw, so a binary head ([action logit, conf, dx, dw]) reads the same way.
+"""
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------
+# TensorFlow "same" padding
+
+def same_padding(length, kernel_size, stride):
+    """(left, right) padding TensorFlow's "same" gives: out = ceil(in / stride), extra goes right."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + kernel_size - length, 0)
+    return total // 2, total - total // 2
+
+
+class Conv1dSame(nn.Conv1d):
+    """Conv1d on [B, C, L] with TensorFlow "same" padding (asymmetric for strided layers)."""
+
+    def forward(self, x):
+        left, right = same_padding(x.shape[-1], self.kernel_size[0], self.stride[0])
+        return super().forward(F.pad(x, (left, right)))
+
+
+def max_pool_same(x, kernel_size, stride):
+    """Max pooling on [B, C, L] with TensorFlow "same" padding; padded cells never win (-inf)."""
+    left, right = same_padding(x.shape[-1], kernel_size, stride)
+    return F.max_pool1d(F.pad(x, (left, right), value=-math.inf), kernel_size, stride)
+
+
+def scope(**modules):
+    """A named group of layers, so that parameter names follow TensorFlow's variable scopes."""
+    return nn.ModuleDict(modules)
+
+
+def init_weights(model, seed, identical_kernel_init=True):
+    """Glorot-uniform kernels, zero biases.
+
+    identical_kernel_init reproduces the release, whose conv kernels all come from
+    initialisers with one fixed seed: kernels of the same shape start identical
+    (one seeded draw per shape). Transposed-conv kernels are drawn independently
+    either way, as in the release.
+    """
+    running = torch.Generator().manual_seed(seed)
+    drawn = {}
+    for module in model.modules():
+        if not isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            continue
+        w = module.weight
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        shape = tuple(w.shape)
+        if identical_kernel_init and isinstance(module, nn.Conv1d):
+            if shape not in drawn:
+                gen = torch.Generator().manual_seed(seed)
+                drawn[shape] = torch.rand(shape, generator=gen) * (2 * bound) - bound
+            value = drawn[shape]
+        else:
+            value = torch.rand(shape, generator=running) * (2 * bound) - bound
+        with torch.no_grad():
+            w.copy_(value)
+            module.bias.zero_()
+
+
+# ----------------------------------------------------------------------------
+# Default boxes and decoding
+
+def check_anchor_config(cfg):
+    """Anchor settings the network can produce; ValueError naming the fields otherwise."""
+    n = len(cfg.layers_name)
+    if n != 3 or len(cfg.num_anchors) != 3 or len(cfg.scale) != 3:
+        raise ValueError(f'the network has 3 anchor layers; layers_name {tuple(cfg.layers_name)}, '
+                         f'num_anchors {tuple(cfg.num_anchors)} and scale {tuple(cfg.scale)} '
+                         f'need 3 entries each')
+    expected = (cfg.input_steps // 8, cfg.input_steps // 16, cfg.input_steps // 32)
+    if tuple(cfg.num_anchors) != expected:
+        raise ValueError(f'num_anchors {tuple(cfg.num_anchors)} does not fit the network: with '
+                         f'input_steps={cfg.input_steps} the anchor layers have {expected} positions')
+    if len(cfg.aspect_ratios) < 1:
+        raise ValueError('aspect_ratios is empty')
+    if cfg.num_classes < 2:
+        raise ValueError(f'num_classes must be >= 2 (background + classes), got {cfg.num_classes}')
+
+
+def default_boxes(cfg, device=None):
+    """Centre and width [A] of every default box, layers concatenated, index = position * R + box."""
+    check_anchor_config(cfg)
+    ratios = torch.tensor(cfg.aspect_ratios, dtype=torch.float64)
+    centres, widths = [], []
+    for positions, scale in zip(cfg.num_anchors, cfg.scale):
+        c = (torch.arange(positions, dtype=torch.float64) + 0.5) / positions
+        centres.append(c[:, None].expand(positions, len(ratios)).reshape(-1))
+        widths.append((scale * ratios)[None, :].expand(positions, len(ratios)).reshape(-1))
+    return (torch.cat(centres).to(device, torch.float32), torch.cat(widths).to(device, torch.float32))
+
+
+def decode(raw, cfg):
+    """(centre, width) [B, A] of the predicted boxes from a raw head output [B, A, C]."""
+    x0, w0 = default_boxes(cfg, raw.device)
+    dx, dw = raw[..., -2], raw[..., -1]
+    return dx * w0 * 0.1 + x0, torch.exp(0.1 * dw) * w0
+
+
+def decode_minmax(raw, cfg):
+    x, w = decode(raw, cfg)
+    return x - w / 2, x + w / 2
+
+
+# ----------------------------------------------------------------------------
+# Matching (against the decoded predicted boxes)
+
+def match(xmin, xmax, gt_label, gt_box, gt_valid, detach_score=False):
+    """Assign each predicted box [B, A] to ground truth [B, M].
+
+    match_score = max IoU over the window's boxes (0 with none). Above 0.5 the anchor
+    takes the label and box of the first box reaching that maximum, else background
+    and box (0, 0). Labels and boxes are constants; the score keeps its gradient into
+    the predicted boxes unless detach_score.
+    Returns dict(score [B,A], label int64 [B,A], xmin, xmax [B,A], centre, width [B,A]).
+    """
+    gmin, gmax = gt_box[..., 0][:, None, :], gt_box[..., 1][:, None, :]   # [B, 1, M]
+    pmin, pmax = xmin[:, :, None], xmax[:, :, None]                       # [B, A, 1]
+    inter = torch.clamp(torch.minimum(pmax, gmax) - torch.maximum(pmin, gmin), min=0)
+    union = (pmax - pmin) + (gmax - gmin) - inter
+    iou = inter / union                                                   # [B, A, M]
+    iou = torch.where(gt_valid[:, None, :], iou, torch.full_like(iou, -1.0))
+    if iou.shape[-1] == 0:
+        best = torch.zeros_like(xmin)
+        idx = torch.zeros(xmin.shape, dtype=torch.long, device=xmin.device)
+        gt_label = torch.zeros(xmin.shape[0], 1, dtype=torch.long, device=xmin.device)
+        gt_box = torch.zeros(xmin.shape[0], 1, 2, dtype=xmin.dtype, device=xmin.device)
+    else:
+        top = iou.detach().amax(-1, keepdim=True)
+        # first box (in list order) reaching the maximum: the release's strict '>' loop
+        order = torch.arange(iou.shape[-1], 0, -1, device=iou.device)
+        idx = ((iou.detach() == top) * order).argmax(-1)                  # [B, A]
+        best = iou.gather(-1, idx[..., None])[..., 0]
+        # no box (or only padding): score 0, no gradient
+        best = torch.where(best > 0, best, torch.zeros_like(best))
+    if detach_score:
+        best = best.detach()
+    positive = best.detach() > 0.5
+    label = torch.where(positive, gt_label.gather(1, idx), torch.zeros_like(idx))
+    box = gt_box.detach().gather(1, idx[..., None].expand(*idx.shape, 2))
+    zero = torch.zeros_like(box[..., 0])
+    mmin = torch.where(positive, box[..., 0], zero)
+    mmax = torch.where(positive, box[..., 1], zero)
+    # the release stores (centre, width) and the loss turns them back into (xmin, xmax)
+    centre, width = (mmin + mmax) / 2, mmax - mmin
+    return dict(score=best, label=label, centre=centre, width=width,
+                xmin=centre - width / 2, xmax=centre + width / 2)
+
+
+# ----------------------------------------------------------------------------
+# Loss
+
+def smooth_l1(x):
+    ax = x.abs()
+    return torch.where(ax < 1, 0.5 * x * x, ax - 0.5)
+
+
+def weighted_mean(term, weight):
+    """sum(term * weight) / count(weight != 0), and 0 when no weight is non-zero."""
+    count = (weight != 0).sum().to(term.dtype)
+    return (term * weight).sum() / count.clamp(min=1)
+
+
+def sample_weights(score, conf, negative_ratio, generator=None):
+    """Loss weights (P, W) of SPEC 7: positives, and positives + hard + drawn easy negatives."""
+    positive = score > 0.5
+    hard = (score < 0.5) & (conf > 0.5)
+    num_all = float(score.numel())
+    num_pos = positive.sum().to(score.dtype)
+    num_hard = hard.sum().to(score.dtype)
+    ratio = (negative_ratio - num_hard / num_pos.clamp(min=1)) * num_pos \
+        / (num_all - num_pos - num_hard).clamp(min=1)
+    # no positive in the batch: no easy negative (the release's NaN ratio draws none)
+    ratio = torch.where(num_pos > 0, ratio.clamp(max=1), torch.zeros_like(ratio))
+    u = torch.rand(score.shape, generator=generator, device=score.device, dtype=score.dtype)
+    easy = ~positive & ~hard & (u > 1 - ratio)
+    p = positive.to(score.dtype)
+    return p, p + hard.to(score.dtype) + easy.to(score.dtype)
+
+
+def head_loss(logits, labels, conf, xmin, xmax, m, negative_ratio, generator=None):
+    """(class, loc, conf) losses of one head.
+
+    conf, xmin, xmax [B, A] and the matching m (from `match` on those boxes) give the
+    weights and the conf / location terms; logits [B, A, K] and labels [B, A] give the
+    class term (Decouple-SSAD takes them from another output and its own matching).
+    """
+    p, w = sample_weights(m['score'].detach(), conf.detach(), negative_ratio, generator)
+    class_term = torch.logsumexp(logits, -1) - logits.gather(-1, labels[..., None])[..., 0]
+    loc_term = smooth_l1(xmin - m['xmin']) + smooth_l1(xmax - m['xmax'])
+    conf_term = smooth_l1(m['score'] - conf)
+    return weighted_mean(class_term, w), weighted_mean(loc_term, p), weighted_mean(conf_term, w)
+
+
+def _head(raw, cfg, gt_label, gt_box, gt_valid):
+    xmin, xmax = decode_minmax(raw, cfg)
+    m = match(xmin, xmax, gt_label, gt_box, gt_valid, cfg.detach_match_score)
+    return xmin, xmax, m
+
+
+def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None):
+    """Training loss of either method (SPEC 6-7).
+
+    outputs: the model's forward dict; gt_label int64 [B, M] (model class index,
+    0 = padding), gt_box [B, M, 2] (xmin, xmax normalised), gt_valid bool [B, M].
+    Returns (loss, dict(class=, loc=, conf=) of 0-dim tensors).
+    """
+    k = cfg.num_classes
+    main = outputs['main']
+    xmin, xmax, m = _head(main, cfg, gt_label, gt_box, gt_valid)
+    main_class, main_loc, main_conf = head_loss(main[..., :k], m['label'], main[..., k], xmin, xmax, m,
+                                                cfg.negative_ratio, generator)
+    if cfg.method == 'main_stream':
+        cls, loc, conf = main_class, main_loc, main_conf
+    else:
+        loc_out, cls_out = outputs['localization'], outputs['classification']
+        lxmin, lxmax, lm = _head(loc_out, cfg, gt_label, gt_box, gt_valid)
+        _, _, cm = _head(cls_out, cfg, gt_label, gt_box, gt_valid)
+        branch_class, branch_loc, branch_conf = head_loss(
+            cls_out[..., :k], cm['label'], loc_out[..., 1], lxmin, lxmax, lm, cfg.negative_ratio, generator)
+        cls = (main_class + 2 * branch_class) / 3
+        loc = (main_loc + 2 * branch_loc) / 3
+        conf = branch_conf
+    loss = cfg.p_class * cls + cfg.p_loc * loc + cfg.p_conf * conf
+    return loss, {'class': cls.detach(), 'loc': loc.detach(), 'conf': conf.detach()}
+
+
+# ----------------------------------------------------------------------------
+# Inference
+
+def predict(outputs, cfg):
+    """Per-anchor class probabilities, conf and window-normalised box (SPEC 9, before * 512 and clip)."""
+    k = cfg.num_classes
+    cls_out = outputs['classification'] if cfg.method == 'decouple_ssad' else outputs['main']
+    loc_out = outputs['localization'] if cfg.method == 'decouple_ssad' else outputs['main']
+    xmin, xmax = decode_minmax(loc_out, cfg)
+    return dict(class_prob=torch.softmax(cls_out[..., :k], -1), conf=loc_out[..., -3], xmin=xmin, xmax=xmax)
+
+
+# ----------------------------------------------------------------------------
+# Models and checkpoints
+
+def build_model(cfg, feature_dim):
+    """The network of cfg.method for features of width feature_dim, initialised as the release."""
+    check_anchor_config(cfg)
+    if int(feature_dim) < 1:
+        raise ValueError(f'feature_dim must be a positive integer, got {feature_dim}')
+    if cfg.method == 'main_stream':
+        from main_stream import MainStream
+        return MainStream(cfg, int(feature_dim))
+    if cfg.method == 'decouple_ssad':
+        from decouple_ssad import DecoupleSSAD
+        return DecoupleSSAD(cfg, int(feature_dim))
+    raise ValueError(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+
+
+ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps')
+
+
+def load_model(path, cfg, device='cpu', feature_dim=None):
+    """Load a checkpoint written by train.py or convert_tf_checkpoint.py -> (model, ckpt).
+
+    Raises ValueError when the file is missing or unreadable, was trained for another
+    method or anchor layout, or (feature_dim given) expects features of another width.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ValueError(f'checkpoint {path} not found')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f'checkpoint {path} cannot be read: {err}') from None
+    missing = [key for key in ('model', 'method', 'feature_dim') if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise ValueError(f'checkpoint {path} lacks {missing}: not a checkpoint of this project')
+    if ckpt['method'] != cfg.method:
+        raise ValueError(f'checkpoint {path} holds a {ckpt["method"]} model, but method is {cfg.method}')
+    if feature_dim is not None and int(feature_dim) != int(ckpt['feature_dim']):
+        raise ValueError(f'checkpoint {path} expects features of dimension {ckpt["feature_dim"]}, '
+                         f'but the data has dimension {feature_dim}')
+    saved = ckpt.get('config') or {}
+    differ = [f'{key} (checkpoint {tuple(saved[key]) if isinstance(saved[key], list) else saved[key]}, '
+              f'config {getattr(cfg, key)})'
+              for key in ANCHOR_FIELDS if key in saved
+              and (tuple(saved[key]) if isinstance(saved[key], list) else saved[key]) != getattr(cfg, key)]
+    if differ:
+        raise ValueError(f'checkpoint {path} was trained with other anchor settings: ' + '; '.join(differ))
+    model = build_model(cfg, ckpt['feature_dim'])
+    state = ckpt['model']
+    expected = model.state_dict()
+    bad = sorted(set(expected) ^ set(state))
+    if bad:
+        raise ValueError(f'checkpoint {path}: parameters do not fit a {cfg.method} model: {bad[:5]}')
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f'checkpoint {path}: {key} has shape {tuple(value.shape)}, '
+                             f'expected {tuple(expected[key].shape)} (feature_dim {ckpt["feature_dim"]})')
+    model.load_state_dict(state)
+    return model.to(device), ckpt
+
+
+# ----------------------------------------------------------------------------
+# TensorFlow checkpoint layout
+#
+# Parameter names are TensorFlow's variable names with '/' -> '.' and
+# kernel -> weight, so the mapping is one-to-one; only layouts change:
+# conv1d kernel [k, in, out] -> Conv1d weight [out, in, k];
+# conv2d_transpose kernel [1, k, out, in] -> ConvTranspose1d weight [in, out, k].
+
+def tf_key(torch_key):
+    scope_name, leaf = torch_key.rsplit('.', 1)
+    return scope_name.replace('.', '/') + '/' + {'weight': 'kernel', 'bias': 'bias'}[leaf]
+
+
+def tf_shape(torch_key, shape):
+    """TensorFlow shape of a parameter of the given PyTorch shape."""
+    shape = tuple(shape)
+    if len(shape) == 1:
+        return shape
+    if 'conv2d_transpose' in torch_key:
+        return (1, shape[2], shape[1], shape[0])
+    return (shape[2], shape[1], shape[0])
+
+
+def tf_to_torch(key, array):
+    """PyTorch tensor of one TensorFlow variable (by checkpoint key)."""
+    t = torch.as_tensor(array, dtype=torch.float32)
+    if t.ndim == 1:
+        return t.clone()
+    if 'conv2d_transpose' in key:
+        return t[0].permute(2, 1, 0).contiguous()
+    return t.permute(2, 1, 0).contiguous()
+
+
+def torch_to_tf(key, tensor):
+    """TensorFlow-layout numpy array of one PyTorch parameter (by PyTorch key)."""
+    t = tensor.detach().cpu().float()
+    if t.ndim == 1:
+        return t.numpy().copy()
+    if 'conv2d_transpose' in key:
+        return t.permute(2, 1, 0)[None].contiguous().numpy()
+    return t.permute(2, 1, 0).contiguous().numpy()
+
+
+def tf_variables(model):
+    """[(checkpoint key, TF shape, torch key)] of a model, in the release's graph order."""
+    return [(tf_key(k), tf_shape(k, v.shape), k) for k, v in model.state_dict().items()]
+
+
+def state_dict_from_tf(model, arrays, source='checkpoint'):
+    """A state dict for `model` from {checkpoint key: array}; ValueError naming a missing key or bad shape."""
+    state = {}
+    for key, shape, torch_key in tf_variables(model):
+        if key not in arrays:
+            raise ValueError(f'{source}: missing variable {key} (expected shape {list(shape)})')
+        got = tuple(arrays[key].shape)
+        if got != shape:
+            raise ValueError(f'{source}: variable {key} has shape {list(got)}, expected {list(shape)}')
+        state[torch_key] = tf_to_torch(key, arrays[key])
+    return state
