@@ -1,0 +1,537 @@
+"""THUMOS14 temporal action detection evaluation, in numpy.
+
+Two metrics:
+- `kit`: the official THUMOS14 kit (TH14evalDet, release 2015-09-30), number for
+  number. This is how the paper was scored. Semantics (SPEC section 12):
+  ground truth is the outer loop of a greedy match per (class, video); a match
+  needs IoU strictly above the threshold; unmatched detections that overlap an
+  Ambiguous interval are dropped; AP is the sum of precisions at the true
+  positives over the number of instances, without interpolation.
+- `anet`: the ActivityNet-style metric used by most current detection codebases:
+  detections matched in score order to the best free instance with IoU >= the
+  threshold, Ambiguous intervals ignored (so detections on them are false
+  positives), duplicate instances removed, interpolated AP.
+
+    python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric both
+
+Result file: `video start_s end_s class_id score` per line, whitespace separated.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+
+import config
+import fileio
+
+DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+AVG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+METRIC_TITLES = {'kit': 'official THUMOS14 kit metric (TH14evalDet)',
+                 'anet': 'ActivityNet-style metric (interpolated AP, Ambiguous ignored)'}
+
+
+class EvalWarning(UserWarning):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# reading
+
+def _read_fields(path, ncols, what):
+    """Whitespace-separated text -> DataFrame of strings, one row per line (blank lines dropped).
+
+    The index is the 1-based line number, so errors can name file:line.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f'{what} not found: {path}')
+    try:
+        # One spare column catches lines with too many fields; more than one spare
+        # makes the C parser itself complain (with the line number).
+        df = pd.read_csv(path, sep=r'\s+', header=None, names=range(ncols + 1), dtype=str,
+                         na_filter=False, skip_blank_lines=False, quoting=csv.QUOTE_NONE,
+                         engine='c')
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({k: pd.Series(dtype=str) for k in range(ncols)})
+    except pd.errors.ParserError as err:
+        raise ValueError(f'{path}: {err} (expected {ncols} fields)') from None
+    df.index = np.arange(1, len(df) + 1)
+    blank = (df == '').all(axis=1).to_numpy()
+    df = df[~blank]
+    bad = (df[ncols] != '').to_numpy() | (df[ncols - 1] == '').to_numpy()
+    if bad.any():
+        line = df.index[np.argmax(bad)]
+        nfields = int((df.loc[line] != '').sum())
+        raise ValueError(f'{path}:{line}: expected {ncols} fields, got {nfields}')
+    return df[list(range(ncols))]
+
+
+def _numeric(df, col, path, name, integer=False):
+    """Column of strings -> finite float64 (or int64) array; the first bad line is an error."""
+    text = df[col]
+    values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if integer:
+        bad |= values != np.round(values)
+    if bad.any():
+        i = np.argmax(bad)
+        kind = 'an integer' if integer else 'a finite number'
+        raise ValueError(f'{path}:{df.index[i]}: field {col + 1} ({name}) is {text.iloc[i]!r}, expected {kind}')
+    return values.astype(np.int64) if integer else values
+
+
+def read_result(path, class_ids=None):
+    """Read a THUMOS14 result file -> DataFrame(video, start, end, class_id, score), file order.
+
+    '.mp4' is removed from video names (as the kit does). With `class_ids`, lines of
+    other classes are counted, reported once and dropped; the count is in
+    df.attrs['num_unknown'].
+    """
+    path = str(path)
+    df = _read_fields(path, 5, 'result file')
+    out = pd.DataFrame({
+        'video': df[0].str.replace('.mp4', '', regex=False).to_numpy(dtype=object),
+        'start': _numeric(df, 1, path, 'start'),
+        'end': _numeric(df, 2, path, 'end'),
+        'class_id': _numeric(df, 3, path, 'class id', integer=True),
+        'score': _numeric(df, 4, path, 'score'),
+    })
+    out.attrs['num_unknown'] = 0
+    if len(out) == 0:
+        warnings.warn(f'{path}: no detections; every AP is 0', EvalWarning, stacklevel=2)
+    if class_ids is not None:
+        out = _drop_unknown(out, class_ids, path)
+    return out
+
+
+def _drop_unknown(det, class_ids, source):
+    known = np.isin(det['class_id'].to_numpy(), np.asarray(class_ids))
+    num_unknown = int((~known).sum()) + det.attrs.get('num_unknown', 0)
+    if not known.all():
+        ids = sorted(set(det['class_id'].to_numpy()[~known].tolist()))
+        warnings.warn(f'{source}: {int((~known).sum())} detections with class ids {ids[:10]}'
+                      f'{" ..." if len(ids) > 10 else ""} that are not THUMOS14 detection classes: ignored',
+                      EvalWarning, stacklevel=3)
+        det = det[known].reset_index(drop=True)
+    det.attrs['num_unknown'] = num_unknown
+    return det
+
+
+def read_ground_truth(gt_dir, subset='test'):
+    """Read the kit's annotation folder: detclasslist.txt, <Class>_<subset>.txt, Ambiguous_<subset>.txt.
+
+    Returns dict(class_ids [C], class_names [C], gt DataFrame(video, start, end, cls),
+    ambiguous DataFrame(video, start, end)); `cls` is the 0-based row of detclasslist,
+    rows are class by class in file order.
+    """
+    gt_dir = str(gt_dir)
+    list_path = os.path.join(gt_dir, 'detclasslist.txt')
+    classes = _read_fields(list_path, 2, 'ground-truth class list')
+    if len(classes) == 0:
+        raise ValueError(f'{list_path}: no classes')
+    class_ids = _numeric(classes, 0, list_path, 'class id', integer=True)
+    class_names = classes[1].tolist()
+    if len(set(class_ids.tolist())) != len(class_ids):
+        raise ValueError(f'{list_path}: repeated class ids')
+
+    def read(name):
+        path = os.path.join(gt_dir, f'{name}_{subset}.txt')
+        df = _read_fields(path, 3, 'ground-truth file')
+        return pd.DataFrame({'video': df[0].to_numpy(dtype=object), 'start': _numeric(df, 1, path, 'start'),
+                             'end': _numeric(df, 2, path, 'end')})
+
+    parts = []
+    for c, name in enumerate(class_names):
+        part = read(name)
+        part['cls'] = c
+        parts.append(part)
+    gt = pd.concat(parts, ignore_index=True)
+    return dict(class_ids=class_ids, class_names=class_names, gt=gt, ambiguous=read('Ambiguous'),
+                gt_dir=gt_dir, subset=subset)
+
+
+# ----------------------------------------------------------------------------
+# shared machinery
+
+def _ordered(start, end):
+    return np.minimum(start, end), np.maximum(start, end)
+
+
+def _segment_ranges(sorted_keys, keys):
+    """[lo, hi) of each key in an ascending key array."""
+    return np.searchsorted(sorted_keys, keys, 'left'), np.searchsorted(sorted_keys, keys, 'right')
+
+
+def _expand(lo, hi):
+    """For items with ranges [lo, hi): (item index, position) of every element of every range."""
+    n = hi - lo
+    item = np.repeat(np.arange(len(lo)), n)
+    offsets = np.cumsum(n) - n
+    pos = np.arange(int(n.sum())) - np.repeat(offsets, n) + np.repeat(lo, n)
+    return item, pos
+
+
+def _rank_in_group(keys):
+    """0-based position of each element within its run of equal keys (keys grouped)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    return np.arange(n) - start
+
+
+def greedy_match(outer, inner, iou, outer_rank, n_outer, n_inner, thresholds, strict):
+    """Sequential greedy matching, vectorised over groups and thresholds.
+
+    Candidate pairs (outer[i], inner[i], iou[i]) are sorted by outer item, and within
+    an outer item by tie-break preference. Within each group (one class in one
+    video) the outer items are visited in the order `outer_rank`; each takes the free
+    inner item with the highest IoU (the first one on ties) and keeps it if the IoU is
+    above the threshold (> when strict, else >=). Groups are independent, so step r
+    serves the r-th outer item of every group at once: Python loops once per rank, not
+    per item. Returns (outer_hit [T, n_outer], inner_used [T, n_inner]) booleans.
+    """
+    thr = np.asarray(thresholds, np.float64)[:, None]
+    T = len(thresholds)
+    free = np.ones((T, n_inner), bool)
+    outer_hit = np.zeros((T, n_outer), bool)
+    if len(outer) == 0:
+        return outer_hit, ~free
+    rank = outer_rank[outer]
+    perm = np.argsort(rank, kind='stable')  # keeps each outer item's candidates together and in order
+    bounds = np.searchsorted(rank[perm], np.arange(rank.max() + 2))
+    for r in range(rank.max() + 1):
+        sel = perm[bounds[r]:bounds[r + 1]]
+        if len(sel) == 0:
+            continue
+        o, j, v = outer[sel], inner[sel], iou[sel]
+        starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
+        lengths = np.diff(np.r_[starts, len(sel)])
+        masked = np.where(free[:, j], v, -1.0)                    # [T, E_r]
+        best = np.maximum.reduceat(masked, starts, axis=1)      # [T, S]
+        pos = np.where(masked == np.repeat(best, lengths, axis=1), np.arange(len(sel)), len(sel))
+        first = np.minimum.reduceat(pos, starts, axis=1)        # first candidate with the best IoU
+        hit = best > thr if strict else best >= thr
+        t_idx, s_idx = np.nonzero(hit)
+        free[t_idx, j[first[t_idx, s_idx]]] = False
+        outer_hit[t_idx, o[starts[s_idx]]] = True
+    return outer_hit, ~free
+
+
+def _video_codes(*columns):
+    """Codes of video names in ASCII (code point) order over the union of all columns."""
+    allv = np.concatenate([np.asarray(c, dtype=object) for c in columns])
+    codes, uniques = pd.factorize(allv, sort=True)
+    out, k = [], 0
+    for c in columns:
+        out.append(codes[k:k + len(c)].astype(np.int64))
+        k += len(c)
+    return out, len(uniques)
+
+
+def _prepare(result, gt, source):
+    if isinstance(result, pd.DataFrame):
+        det = result
+    else:
+        det = read_result(result)
+        source = str(result)
+    return _drop_unknown(det, gt['class_ids'], source)
+
+
+def _class_index(det, class_ids):
+    lookup = {cid: k for k, cid in enumerate(class_ids.tolist())}
+    return pd.Series(det['class_id'].to_numpy()).map(lookup).to_numpy(dtype=np.int64)
+
+
+def _thresholds(thresholds):
+    thr = np.asarray(thresholds, np.float64).ravel()
+    if len(thr) == 0 or not np.all(np.isfinite(thr)) or thr.min() < 0 or thr.max() > 1:
+        raise ValueError(f'thresholds must be numbers in [0, 1], got {list(thresholds)}')
+    return thr
+
+
+def _avg(thr, maps):
+    """Mean mAP over tIoU 0.3:0.1:0.7, or None when those thresholds were not all evaluated."""
+    idx = [np.flatnonzero(np.isclose(thr, t, atol=1e-9)) for t in AVG_THRESHOLDS]
+    if any(len(i) == 0 for i in idx):
+        return None
+    return float(np.mean([maps[i[0]] for i in idx]))
+
+
+def _precision_curves(cls, tp, npos, C):
+    """Per-class cumulative precision / recall along a ranking sorted by class."""
+    n = len(cls)
+    class_start = np.searchsorted(cls, cls, 'left')
+    cum = np.cumsum(tp)
+    tp_cum = cum - np.r_[0, cum][class_start]
+    prec = tp_cum / (np.arange(n) - class_start + 1)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        rec = tp_cum / np.asarray(npos, np.float64)[cls]
+    return tp_cum, prec, rec
+
+
+def _finish(metric, thr, aps, info, curves=None):
+    C = aps.shape[0]
+    # The kit's mean is a plain left-to-right sum.
+    maps = [sum(aps[:, t].tolist()) / C for t in range(len(thr))]
+    out = dict(metric=metric, thresholds=thr.tolist(),
+               per_class={cid: aps[c].tolist() for c, cid in enumerate(info['class_ids'])},
+               map=maps, **{'map_avg_0.3_0.7': _avg(thr, maps)})
+    out.update(info)
+    if curves is not None:
+        out['pr'] = curves
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the official kit
+
+def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None):
+    """Official THUMOS14 kit metric.
+
+    result: path of a result file, or a DataFrame(video, start, end, class_id, score).
+    Returns dict(metric='kit', thresholds, per_class {class id: [AP per threshold]},
+    map [per threshold], 'map_avg_0.3_0.7', class_ids, class_names, counts...;
+    with return_pr, pr[threshold index][class id] = (recall, precision) arrays).
+    """
+    thr = _thresholds(thresholds)
+    gt = gt or read_ground_truth(gt_dir, subset)
+    det = _prepare(result, gt, 'result')
+    class_ids, C = gt['class_ids'], len(gt['class_ids'])
+    g, amb = gt['gt'], gt['ambiguous']
+    (gv, av, dv), V = _video_codes(g['video'], amb['video'], det['video'])
+    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
+    gc = g['cls'].to_numpy(np.int64)
+    npos = np.bincount(gc, minlength=C)
+    T, N = len(thr), len(det)
+
+    # Detections in kit order: class, video (ASCII), score descending, file order.
+    dc = _class_index(det, class_ids)
+    score = det['score'].to_numpy(np.float64)
+    order = np.lexsort((np.arange(N), -score, dv, dc))
+    dc, dv, score = dc[order], dv[order], score[order]
+    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
+    dkey = dc * V + dv
+
+    # Ground truth in file order within each (class, video); its candidates are the
+    # detections of the same pair, in the order above (the kit's tie-break).
+    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
+    gkey = (gc * V + gv)[gorder]
+    lo, hi = _segment_ranges(dkey, gkey)
+    item, d_idx = _expand(lo, hi)
+    g_idx = gorder[item]
+    inter = np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx])
+    union = np.maximum(ge[g_idx], de[d_idx]) - np.minimum(gs[g_idx], ds[d_idx])
+    keep = inter > 0  # IoU 0 never matches (strict >), so those pairs can go
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = inter[keep] / union[keep]
+    _, tp = greedy_match(item[keep], d_idx[keep], iou, _rank_in_group(gkey), len(gc), N, thr, strict=True)
+
+    # A detection touching an Ambiguous interval of its video (any positive overlap) is
+    # dropped unless it is a true positive.
+    aorder = np.argsort(av, kind='stable')
+    as_, ae = _ordered(amb['start'].to_numpy()[aorder], amb['end'].to_numpy()[aorder])
+    alo, ahi = _segment_ranges(av[aorder], dv)
+    d_of, a_idx = _expand(alo, ahi)
+    overlap = np.minimum(ae[a_idx], de[d_of]) - np.maximum(as_[a_idx], ds[d_of]) > 0
+    on_amb = np.bincount(d_of[overlap], minlength=N) > 0
+
+    # Ranking: stable sort by score of the kept detections listed video by video,
+    # i.e. score descending, then video name, then in-video order.
+    rank = np.lexsort((np.arange(N), dv, -score, dc))
+    aps = np.zeros((C, T))
+    curves = [] if return_pr else None
+    for t in range(T):
+        r = rank[tp[t, rank] | ~on_amb[rank]]
+        cls, hit = dc[r], tp[t, r]
+        tp_cum, prec, rec = _precision_curves(cls, hit, npos, C)
+        # bincount adds in rank order, exactly like the kit's loop.
+        aps[:, t] = np.bincount(cls[hit], weights=prec[hit], minlength=C)
+        if return_pr:
+            curves.append(_split_curves(cls, rec, prec, class_ids))
+    _warn_no_instances(npos, gt, 'kit')
+    aps = np.where((npos == 0)[:, None], 0.0, aps / np.maximum(npos, 1)[:, None])
+    info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
+                num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
+                num_ambiguous=int(len(amb)), num_detections=int(N),
+                num_unknown=int(det.attrs.get('num_unknown', 0)))
+    return _finish('kit', thr, aps, info, curves)
+
+
+def _split_curves(cls, rec, prec, class_ids):
+    bounds = np.searchsorted(cls, np.arange(len(class_ids) + 1))
+    return {cid: (rec[bounds[c]:bounds[c + 1]], prec[bounds[c]:bounds[c + 1]])
+            for c, cid in enumerate(class_ids.tolist())}
+
+
+def _warn_no_instances(npos, gt, metric):
+    if (npos == 0).any():
+        names = [gt['class_names'][c] for c in np.flatnonzero(npos == 0)]
+        warnings.warn(f'{metric}: no ground-truth instances for {names}; their AP is 0', EvalWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------
+# ActivityNet style
+
+def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None):
+    """ActivityNet-style metric, as in ActionFormer / OpenTAD style evaluators.
+
+    Per class, detections in score order (file order on ties) each take the
+    not-yet-matched instance of their video with the highest IoU (first in file order
+    on ties) if IoU >= threshold. IoU = inter / (len_a + len_b - inter). Ambiguous
+    intervals are not used; repeated instances (same video, class and interval) count
+    once. AP = area under the interpolated (monotone) precision-recall curve.
+    Same arguments and returned dict as evaluate_kit, with metric='anet'.
+    """
+    thr = _thresholds(thresholds)
+    gt = gt or read_ground_truth(gt_dir, subset)
+    det = _prepare(result, gt, 'result')
+    class_ids, C = gt['class_ids'], len(gt['class_ids'])
+    g = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
+    (gv, dv), V = _video_codes(g['video'], det['video'])
+    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
+    gc = g['cls'].to_numpy(np.int64)
+    npos = np.bincount(gc, minlength=C)
+    T, N = len(thr), len(det)
+
+    dc = _class_index(det, class_ids)
+    score = det['score'].to_numpy(np.float64)
+    order = np.lexsort((np.arange(N), -score, dv, dc))   # per (class, video), score order
+    dc, dv, score = dc[order], dv[order], score[order]
+    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
+    dkey = dc * V + dv
+
+    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
+    gkey = (gc * V + gv)[gorder]
+    lo, hi = _segment_ranges(gkey, dkey)
+    d_idx, pos = _expand(lo, hi)
+    g_idx = gorder[pos]
+    inter = np.maximum(np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx]), 0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = inter / ((ge[g_idx] - gs[g_idx]) + (de[d_idx] - ds[d_idx]) - inter)
+    iou = np.nan_to_num(iou, nan=0.0)
+    if thr.min() > 0:  # IoU 0 cannot reach a positive threshold
+        keep = inter > 0
+        d_idx, g_idx, iou = d_idx[keep], g_idx[keep], iou[keep]
+    hit, _ = greedy_match(d_idx, g_idx, iou, _rank_in_group(dkey), N, len(gc), thr, strict=False)
+
+    rank = np.lexsort((np.arange(N), -score, dc))
+    aps = np.zeros((C, T))
+    curves = [] if return_pr else None
+    for t in range(T):
+        tp = hit[t, rank]
+        cls = dc[rank]
+        tp_cum, prec, rec = _precision_curves(cls, tp, npos, C)
+        # Monotone envelope per class: running max from the end, kept inside each class
+        # by an offset that grows along the reversed array (precision is within [0, 1]).
+        rev = (prec + 2.0 * (C - cls))[::-1]
+        env = (np.maximum.accumulate(rev) - 2.0 * (C - cls)[::-1])[::-1]
+        step = (tp_cum / np.maximum(npos, 1)[cls]) - ((tp_cum - 1) / np.maximum(npos, 1)[cls])
+        aps[:, t] = np.bincount(cls[tp], weights=(step * env)[tp], minlength=C)
+        if return_pr:
+            curves.append(_split_curves(cls, rec, prec, class_ids))
+    _warn_no_instances(npos, gt, 'anet')
+    info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
+                num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
+                num_duplicates_removed=int(len(gt['gt']) - len(g)), num_detections=int(N),
+                num_unknown=int(det.attrs.get('num_unknown', 0)))
+    return _finish('anet', thr, aps, info, curves)
+
+
+EVALUATORS = {'kit': evaluate_kit, 'anet': evaluate_anet}
+
+
+def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False):
+    """Several metrics on one result, reading the files once -> {metric: result dict}."""
+    gt = read_ground_truth(gt_dir, subset)
+    det = result if isinstance(result, pd.DataFrame) else read_result(result, gt['class_ids'])
+    return {m: EVALUATORS[m](det, gt_dir, thresholds, subset, return_pr=return_pr, gt=gt) for m in metrics}
+
+
+# ----------------------------------------------------------------------------
+# output
+
+def format_table(res):
+    """One metric's result dict -> text table: a row per class (name, id), a column per
+    threshold (AP in %), then mAP per threshold and the mean over 0.3:0.1:0.7."""
+    thr = res['thresholds']
+    if res['metric'] == 'kit':
+        counts = (f"{res['num_gt_instances']} instances in {res['num_gt_videos']} videos, "
+                  f"{res['num_ambiguous']} Ambiguous intervals")
+    else:
+        counts = (f"{res['num_gt_instances']} instances in {res['num_gt_videos']} videos "
+                  f"({res['num_duplicates_removed']} repeated instances removed, Ambiguous not used)")
+    lines = [f"{METRIC_TITLES.get(res['metric'], res['metric'])}",
+             f"ground truth: {counts}; {res['num_detections']} detections"
+             + (f" ({res['num_unknown']} with unknown class ids ignored)" if res['num_unknown'] else ''),
+             f"{'AP (%) at tIoU':<22}{'id':>4} " + ''.join(f'{t:>7.2g}' for t in thr)]
+    for cid, name in zip(res['class_ids'], res['class_names']):
+        lines.append(f'{name:<22}{cid:>4} ' + ''.join(f'{100 * a:7.2f}' for a in res['per_class'][cid]))
+    lines.append(f"{'mAP':<27}" + ''.join(f'{100 * m:7.2f}' for m in res['map']))
+    avg = res['map_avg_0.3_0.7']
+    lines.append(f"{'mAP avg 0.3:0.1:0.7':<27}" + (f'{100 * avg:7.2f}' if avg is not None else '    n/a'))
+    return '\n'.join(lines)
+
+
+def to_json(res):
+    """The JSON object of one metric: metric, thresholds, per_class, map, map_avg_0.3_0.7."""
+    return {'metric': res['metric'], 'thresholds': list(res['thresholds']),
+            'per_class': {str(cid): list(aps) for cid, aps in res['per_class'].items()},
+            'map': list(res['map']), 'map_avg_0.3_0.7': res['map_avg_0.3_0.7']}
+
+
+def write_json(results, path):
+    """{metric: result} -> JSON file; one metric is written as its object, several under their names."""
+    obj = to_json(next(iter(results.values()))) if len(results) == 1 else \
+        {m: to_json(r) for m, r in results.items()}
+    with fileio.atomic_open(path) as f:
+        json.dump(obj, f, indent=1)
+        f.write('\n')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='THUMOS14 detection evaluation (official kit and ActivityNet style)')
+    parser.add_argument('result', help='result file: video start_s end_s class_id score per line')
+    parser.add_argument('--gt', default=None, help='annotation folder (default: config eval_gt_dir)')
+    parser.add_argument('--subset', default='test')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
+    parser.add_argument('--metric', choices=['kit', 'anet', 'both'], default='kit')
+    parser.add_argument('--json', default=None, help='write APs and mAPs here')
+    parser.add_argument('--plot-pr', default=None, help='write per-class precision-recall curves (PNG)')
+    parser.add_argument('--pr-threshold', type=float, default=0.5, help='tIoU of the --plot-pr curves')
+    cfg, args = config.parse_config(parser, argv)
+    gt_dir = args.gt or cfg.eval_gt_dir
+    for path in (args.json, args.plot_pr):
+        if path:
+            fileio.check_writable(path)
+    if args.plot_pr and not np.isclose(args.thresholds, args.pr_threshold).any():
+        raise SystemExit(f'error: --pr-threshold {args.pr_threshold} is not among --thresholds')
+    metrics = ('kit', 'anet') if args.metric == 'both' else (args.metric,)
+    warnings.formatwarning = lambda msg, *a, **k: f'warning: {msg}\n'
+    try:
+        results = evaluate(args.result, gt_dir, args.thresholds, args.subset, metrics, return_pr=bool(args.plot_pr))
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    print(f'result: {args.result}  ground truth: {gt_dir} ({args.subset})')
+    for res in results.values():
+        print()
+        print(format_table(res))
+    if args.json:
+        write_json(results, args.json)
+        print(f'\nwrote {args.json}')
+    if args.plot_pr:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from fig.plot_eval import plot_pr_curves
+        t = int(np.flatnonzero(np.isclose(args.thresholds, args.pr_threshold))[0])
+        plot_pr_curves(results, args.plot_pr, t, title=os.path.basename(args.result))
+        print(f'wrote {args.plot_pr}')
+    return results
+
+
+if __name__ == '__main__':
+    main()
