@@ -184,6 +184,24 @@ def write_window_info(path, starts, videos):
         f.write(''.join(f'{int(s)}, {v}\n' for s, v in zip(starts, videos)))
 
 
+def write_split_info(anno_path, split, out_dir, cfg, windows=None):
+    """Write out_dir/window_info.log and, for the training split, out_dir/gt.npz; returns the window count.
+
+    `windows` (a window_info.log) replaces the generated list, e.g. to follow the released order."""
+    anno = read_annotation(anno_path)
+    training = _is_training(split, cfg)
+    starts, videos = read_window_info(windows) if windows else make_windows(anno, training, cfg)
+    if training:
+        gt = make_gt(anno, starts, videos, cfg)
+        empty = np.flatnonzero(np.diff(gt['offsets']) == 0)
+        if len(empty):
+            i = empty[0]
+            raise ValueError(f'{windows}:{i + 1}: window ({starts[i]}, {videos[i]}) keeps no instance of {anno_path}')
+        save_gt(os.path.join(out_dir, 'gt.npz'), gt)
+    write_window_info(os.path.join(out_dir, 'window_info.log'), starts, videos)
+    return len(starts)
+
+
 # --- training ground truth ---
 
 GT_FIELDS = ('start', 'video', 'offsets', 'label', 'box')
