@@ -276,8 +276,8 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False):
             n += 1
             if bar is not None:
                 bar.update(1)
-            # A step is ready once its centre frame and its last flow pair exist.
-            while (not want_rgb or 4 * t + 2 < n) and (not want_flow or 4 * t + 2 - half + flow_length < n):
+            # A step is ready once its 4 frames and its last flow pair have been decoded.
+            while 4 * t + 4 <= n and (not want_flow or 4 * t + 2 - half + flow_length < n):
                 yield make_step(t, n - 2)
                 t += 1
         if bar is not None:
