@@ -58,6 +58,8 @@ def init_weights(model, seed, identical_kernel_init=True):
         if not isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
             continue
         w = module.weight
+        if w.is_meta:  # shape-only model (parameter counts): nothing to draw
+            continue
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         shape = tuple(w.shape)
@@ -93,8 +95,21 @@ def check_anchor_config(cfg):
         raise ValueError(f'num_classes must be >= 2 (background + classes), got {cfg.num_classes}')
 
 
+_BOXES = {}
+
+
 def default_boxes(cfg, device=None):
-    """Centre and width [A] of every default box, layers concatenated, index = position * R + box."""
+    """Centre and width [A] of every default box, layers concatenated, index = position * R + box.
+
+    Cached per device, so a training step copies nothing to the accelerator.
+    """
+    key = (tuple(cfg.num_anchors), tuple(cfg.scale), tuple(cfg.aspect_ratios), str(device))
+    if key not in _BOXES:
+        _BOXES[key] = _default_boxes(cfg, device)
+    return _BOXES[key]
+
+
+def _default_boxes(cfg, device):
     check_anchor_config(cfg)
     ratios = torch.tensor(cfg.aspect_ratios, dtype=torch.float64)
     centres, widths = [], []
@@ -218,9 +233,13 @@ def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None):
 
     outputs: the model's forward dict; gt_label int64 [B, M] (model class index,
     0 = padding), gt_box [B, M, 2] (xmin, xmax normalised), gt_valid bool [B, M].
-    Returns (loss, dict(class=, loc=, conf=) of 0-dim tensors).
+    generator: torch.Generator on the outputs' device for the easy-negative draw
+    (None = the global RNG).
+    Returns (loss, dict(class=, loc=, conf=) of detached 0-dim tensors).
     """
     k = cfg.num_classes
+    # the loss is always computed in float32 (outputs may come from bf16 autocast)
+    outputs = {key: value.float() for key, value in outputs.items()}
     main = outputs['main']
     xmin, xmax, m = _head(main, cfg, gt_label, gt_box, gt_valid)
     main_class, main_loc, main_conf = head_loss(main[..., :k], m['label'], main[..., k], xmin, xmax, m,
@@ -246,6 +265,7 @@ def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None):
 def predict(outputs, cfg):
     """Per-anchor class probabilities, conf and window-normalised box (SPEC 9, before * 512 and clip)."""
     k = cfg.num_classes
+    outputs = {key: value.float() for key, value in outputs.items()}
     cls_out = outputs['classification'] if cfg.method == 'decouple_ssad' else outputs['main']
     loc_out = outputs['localization'] if cfg.method == 'decouple_ssad' else outputs['main']
     xmin, xmax = decode_minmax(loc_out, cfg)

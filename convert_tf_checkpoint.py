@@ -1,0 +1,132 @@
+"""Convert the authors' TensorFlow checkpoints into this project's checkpoint format.
+
+    python convert_tf_checkpoint.py models/temporal_UCF101_decouple_ssad/model-ep-30 out.pt \
+        --method decouple_ssad --mode temporal --pretrain UCF101
+    python convert_tf_checkpoint.py weights.npz out.pt --method main_stream
+
+SRC is a TensorFlow checkpoint prefix (reading it needs the optional `tensorflow`
+package) or an .npz file mapping checkpoint keys to arrays in TensorFlow layout.
+Every variable the model needs must be there with its exact shape; the feature
+dimension is read from the first kernel. OUT is what train.py writes and test.py
+loads.
+"""
+import argparse
+import os
+import re
+
+import numpy as np
+import torch
+
+import config
+import fileio
+import operations
+
+FIRST_KERNEL = 'base_feature_network/conv1d/kernel'
+# variables a training checkpoint may hold besides the weights
+BOOKKEEPING = re.compile(r'(^|/)(global_step|beta[12]_power(_\d+)?|Adam(_\d+)?)$')
+
+
+class NpzSource:
+    def __init__(self, path):
+        try:
+            self.data = np.load(path, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
+            raise ValueError(f'{path}: cannot read as .npz: {err}') from None
+        self.path = path
+
+    def keys(self):
+        return list(self.data.files)
+
+    def shape(self, key):
+        return tuple(self.data[key].shape)
+
+    def get(self, key):
+        return self.data[key]
+
+
+class TFSource:
+    def __init__(self, prefix):
+        if not os.path.exists(prefix + '.index'):
+            raise ValueError(f'{prefix}: no TensorFlow checkpoint there ({prefix}.index not found); '
+                             f'SRC is a checkpoint prefix such as .../model-ep-30, or an .npz file')
+        try:
+            import tensorflow as tf  # optional dependency, needed only here
+        except ImportError:
+            raise ValueError('reading a TensorFlow checkpoint needs the tensorflow package '
+                             '(pip install tensorflow-cpu), or give an .npz of its variables') from None
+        self.reader = tf.train.load_checkpoint(prefix)
+        self.shapes = self.reader.get_variable_to_shape_map()
+        self.path = prefix
+
+    def keys(self):
+        return list(self.shapes)
+
+    def shape(self, key):
+        return tuple(self.shapes[key])
+
+    def get(self, key):
+        return self.reader.get_tensor(key)
+
+
+def open_source(src):
+    src = str(src)
+    if src.endswith('.npz'):
+        if not os.path.isfile(src):
+            raise ValueError(f'{src}: file not found')
+        return NpzSource(src)
+    return TFSource(src)
+
+
+def convert(source, cfg):
+    """Checkpoint dict (CONTRACTS format) for cfg.method from a checkpoint source; ValueError if it does not fit."""
+    keys = set(source.keys())
+    if FIRST_KERNEL not in keys:
+        raise ValueError(f'{source.path}: missing variable {FIRST_KERNEL}, so the feature dimension '
+                         f'cannot be read (not a checkpoint of the released models?)')
+    first = source.shape(FIRST_KERNEL)
+    if len(first) != 3:
+        raise ValueError(f'{source.path}: variable {FIRST_KERNEL} has shape {list(first)}, expected [9, D, 512]')
+    feature_dim = int(first[1])
+    model = operations.build_model(cfg, feature_dim)
+    wanted = {key for key, _, _ in operations.tf_variables(model)}
+    extra = sorted(k for k in keys - wanted if not BOOKKEEPING.search(k))
+    if extra:
+        raise ValueError(f'{source.path}: variables that a {cfg.method} model does not have, e.g. '
+                         f'{extra[:3]} ({len(extra)} in all): wrong --method?')
+    # shapes first, so that a bad file fails before any large array is read
+    arrays = {}
+    for key, shape, _ in operations.tf_variables(model):
+        if key not in keys:
+            raise ValueError(f'{source.path}: missing variable {key} (expected shape {list(shape)})')
+        if source.shape(key) != shape:
+            raise ValueError(f'{source.path}: variable {key} has shape {list(source.shape(key))}, '
+                             f'expected {list(shape)} (feature dimension {feature_dim})')
+    for key, _, _ in operations.tf_variables(model):
+        arrays[key] = np.asarray(source.get(key), dtype=np.float32)
+    state = operations.state_dict_from_tf(model, arrays, source.path)
+    epoch = re.search(r'-ep-(\d+)', os.path.basename(source.path))
+    return {'model': state, 'method': cfg.method, 'feature_dim': feature_dim,
+            'config': cfg.to_dict(), 'epoch': int(epoch.group(1)) if epoch else -1}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src', help='TensorFlow checkpoint prefix, or .npz of checkpoint key -> array')
+    parser.add_argument('out', help='output .pt checkpoint')
+    parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), required=True)
+    parser.add_argument('--mode', choices=('temporal', 'spatial'), default=None)
+    parser.add_argument('--pretrain', default=None)
+    cfg, args = config.parse_config(parser, argv)
+    fileio.check_writable(args.out)
+    try:
+        ckpt = convert(open_source(args.src), cfg)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    with fileio.atomic_path(args.out) as tmp:
+        torch.save(ckpt, tmp)
+    n = sum(v.numel() for v in ckpt['model'].values())
+    print(f'{args.out}: {cfg.method}, feature dimension {ckpt["feature_dim"]}, {n:,} parameters')
+
+
+if __name__ == '__main__':
+    main()
