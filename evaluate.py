@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import warnings
 
@@ -42,23 +43,37 @@ class EvalWarning(UserWarning):
 # ----------------------------------------------------------------------------
 # reading
 
-def _read_fields(path, ncols, what):
-    """Whitespace-separated text -> DataFrame of strings, one row per line (blank lines dropped).
+def _read_fields(path, ncols, what, numeric=()):
+    """Whitespace-separated text -> DataFrame, one row per line (blank lines dropped).
 
-    The index is the 1-based line number, so errors can name file:line.
+    Columns `numeric` come back as float64 when every line parses (the fast path),
+    else every column is text and the caller's checks find the bad line. The index is
+    the 1-based line number, so errors can name file:line.
     """
     if not os.path.isfile(path):
         raise ValueError(f'{what} not found: {path}')
+    # One spare column catches lines with too many fields; more than one spare makes
+    # the C parser itself complain (with the line number).
+    kwargs = dict(sep=r'\s+', header=None, names=range(ncols + 1), na_filter=False, skip_blank_lines=False,
+                  quoting=csv.QUOTE_NONE, engine='c')
     try:
-        # One spare column catches lines with too many fields; more than one spare
-        # makes the C parser itself complain (with the line number).
-        df = pd.read_csv(path, sep=r'\s+', header=None, names=range(ncols + 1), dtype=str,
-                         na_filter=False, skip_blank_lines=False, quoting=csv.QUOTE_NONE,
-                         engine='c')
+        df = pd.read_csv(path, dtype={k: (np.float64 if k in numeric else object) for k in range(ncols + 1)},
+                         **kwargs)
+        if len(df) and (df[ncols] != '').any():
+            raise ValueError('too many fields')
+        df.index = np.arange(1, len(df) + 1)
+        return df[list(range(ncols))]
+    except (ValueError, pd.errors.ParserError):
+        pass  # some line is not regular: read it all as text to say which one
     except pd.errors.EmptyDataError:
-        return pd.DataFrame({k: pd.Series(dtype=str) for k in range(ncols)})
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in range(ncols)})
+    try:
+        df = pd.read_csv(path, dtype=str, **kwargs)
     except pd.errors.ParserError as err:
-        raise ValueError(f'{path}: {err} (expected {ncols} fields)') from None
+        found = re.search(r'in line (\d+), saw (\d+)', str(err))
+        if found:
+            raise ValueError(f'{path}:{found[1]}: expected {ncols} fields, got {found[2]}') from None
+        raise ValueError(f'{path}: {str(err).strip()}') from None
     df.index = np.arange(1, len(df) + 1)
     blank = (df == '').all(axis=1).to_numpy()
     df = df[~blank]
@@ -73,7 +88,10 @@ def _read_fields(path, ncols, what):
 def _numeric(df, col, path, name, integer=False):
     """Column of strings -> finite float64 (or int64) array; the first bad line is an error."""
     text = df[col]
-    values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+    if text.dtype == np.float64:
+        values = text.to_numpy()
+    else:
+        values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if integer:
         bad |= values != np.round(values)
@@ -92,7 +110,7 @@ def read_result(path, class_ids=None):
     df.attrs['num_unknown'].
     """
     path = str(path)
-    df = _read_fields(path, 5, 'result file')
+    df = _read_fields(path, 5, 'result file', numeric=(1, 2, 3, 4))
     out = pd.DataFrame({
         'video': df[0].str.replace('.mp4', '', regex=False).to_numpy(dtype=object),
         'start': _numeric(df, 1, path, 'start'),
@@ -140,7 +158,7 @@ def read_ground_truth(gt_dir, subset='test'):
 
     def read(name):
         path = os.path.join(gt_dir, f'{name}_{subset}.txt')
-        df = _read_fields(path, 3, 'ground-truth file')
+        df = _read_fields(path, 3, 'ground-truth file', numeric=(1, 2))
         return pd.DataFrame({'video': df[0].to_numpy(dtype=object), 'start': _numeric(df, 1, path, 'start'),
                              'end': _numeric(df, 2, path, 'end')})
 
@@ -180,46 +198,53 @@ def _rank_in_group(keys):
     n = len(keys)
     if n == 0:
         return np.zeros(0, np.int64)
-    first = np.r_[True, keys[1:] != keys[:-1]]
+    first = np.concatenate([[True], keys[1:] != keys[:-1]])
     start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     return np.arange(n) - start
 
 
-def greedy_match(outer, inner, iou, outer_rank, n_outer, n_inner, thresholds, strict):
+def greedy_match(outer, inner, iou, outer_group, n_inner, thresholds, strict):
     """Sequential greedy matching, vectorised over groups and thresholds.
 
     Candidate pairs (outer[i], inner[i], iou[i]) are sorted by outer item, and within
-    an outer item by tie-break preference. Within each group (one class in one
-    video) the outer items are visited in the order `outer_rank`; each takes the free
-    inner item with the highest IoU (the first one on ties) and keeps it if the IoU is
-    above the threshold (> when strict, else >=). Groups are independent, so step r
-    serves the r-th outer item of every group at once: Python loops once per rank, not
-    per item. Returns (outer_hit [T, n_outer], inner_used [T, n_inner]) booleans.
+    an outer item by tie-break preference. Outer ids are numbered in visiting order
+    inside each group (one class in one video), `outer_group[o]` is the group of
+    outer item o. Each outer item in turn takes the free inner item with the highest
+    IoU (the first one on ties) and keeps it if the IoU is above the threshold (> when
+    strict, else >=). Groups are independent, so step r serves the r-th outer item
+    (with candidates) of every group at once: Python loops once per rank, not per
+    item. Returns (outer_hit [T, n_outer], inner_used [T, n_inner]) booleans.
     """
     thr = np.asarray(thresholds, np.float64)[:, None]
     T = len(thresholds)
     free = np.ones((T, n_inner), bool)
-    outer_hit = np.zeros((T, n_outer), bool)
+    outer_hit = np.zeros((T, len(outer_group)), bool)
     if len(outer) == 0:
         return outer_hit, ~free
-    rank = outer_rank[outer]
-    perm = np.argsort(rank, kind='stable')  # keeps each outer item's candidates together and in order
-    bounds = np.searchsorted(rank[perm], np.arange(rank.max() + 2))
-    for r in range(rank.max() + 1):
-        sel = perm[bounds[r]:bounds[r + 1]]
-        if len(sel) == 0:
-            continue
-        o, j, v = outer[sel], inner[sel], iou[sel]
-        starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
-        lengths = np.diff(np.r_[starts, len(sel)])
-        masked = np.where(free[:, j], v, -1.0)                    # [T, E_r]
-        best = np.maximum.reduceat(masked, starts, axis=1)      # [T, S]
-        pos = np.where(masked == np.repeat(best, lengths, axis=1), np.arange(len(sel)), len(sel))
-        first = np.minimum.reduceat(pos, starts, axis=1)        # first candidate with the best IoU
+    first_entry = np.concatenate([[True], outer[1:] != outer[:-1]])
+    entry_start = np.flatnonzero(first_entry)
+    entry_len = np.diff(np.append(entry_start, len(outer)))
+    rank = np.repeat(_rank_in_group(outer_group[outer[entry_start]]), entry_len)
+    # Sort the candidates by rank (stable: each outer item's candidates stay together
+    # and in order), so every step is one contiguous slice.
+    perm = np.argsort(rank, kind='stable')
+    outer, inner, iou, rank = outer[perm], inner[perm], iou[perm], rank[perm]
+    seg_start = np.flatnonzero(np.concatenate([[True], outer[1:] != outer[:-1]]))
+    seg_len = np.diff(np.append(seg_start, len(outer)))
+    bounds = np.searchsorted(rank, np.arange(rank[-1] + 2))
+    seg_bounds = np.searchsorted(seg_start, bounds)
+    for r in range(rank[-1] + 1):
+        a, b = bounds[r], bounds[r + 1]
+        j = inner[a:b]
+        starts = seg_start[seg_bounds[r]:seg_bounds[r + 1]] - a
+        masked = np.where(free[:, j], iou[a:b], -1.0)                 # [T, E_r]
+        best = np.maximum.reduceat(masked, starts, axis=1)          # [T, S]
+        is_best = masked == np.repeat(best, seg_len[seg_bounds[r]:seg_bounds[r + 1]], axis=1)
+        first = np.minimum.reduceat(np.where(is_best, np.arange(b - a), b - a), starts, axis=1)
         hit = best > thr if strict else best >= thr
         t_idx, s_idx = np.nonzero(hit)
         free[t_idx, j[first[t_idx, s_idx]]] = False
-        outer_hit[t_idx, o[starts[s_idx]]] = True
+        outer_hit[t_idx, outer[a + starts[s_idx]]] = True
     return outer_hit, ~free
 
 
@@ -268,7 +293,7 @@ def _precision_curves(cls, tp, npos, C):
     n = len(cls)
     class_start = np.searchsorted(cls, cls, 'left')
     cum = np.cumsum(tp)
-    tp_cum = cum - np.r_[0, cum][class_start]
+    tp_cum = cum - np.concatenate([[0], cum])[class_start]
     prec = tp_cum / (np.arange(n) - class_start + 1)
     with np.errstate(divide='ignore', invalid='ignore'):
         rec = tp_cum / np.asarray(npos, np.float64)[cls]
@@ -326,11 +351,10 @@ def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', r
     item, d_idx = _expand(lo, hi)
     g_idx = gorder[item]
     inter = np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx])
-    union = np.maximum(ge[g_idx], de[d_idx]) - np.minimum(gs[g_idx], ds[d_idx])
     keep = inter > 0  # IoU 0 never matches (strict >), so those pairs can go
-    with np.errstate(divide='ignore', invalid='ignore'):
-        iou = inter[keep] / union[keep]
-    _, tp = greedy_match(item[keep], d_idx[keep], iou, _rank_in_group(gkey), len(gc), N, thr, strict=True)
+    item, g_idx, d_idx, inter = item[keep], g_idx[keep], d_idx[keep], inter[keep]
+    iou = inter / (np.maximum(ge[g_idx], de[d_idx]) - np.minimum(gs[g_idx], ds[d_idx]))
+    _, tp = greedy_match(item, d_idx, iou, gkey, N, thr, strict=True)
 
     # A detection touching an Ambiguous interval of its video (any positive overlap) is
     # dropped unless it is a true positive.
@@ -412,13 +436,12 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
     d_idx, pos = _expand(lo, hi)
     g_idx = gorder[pos]
     inter = np.maximum(np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx]), 0)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        iou = inter / ((ge[g_idx] - gs[g_idx]) + (de[d_idx] - ds[d_idx]) - inter)
-    iou = np.nan_to_num(iou, nan=0.0)
-    if thr.min() > 0:  # IoU 0 cannot reach a positive threshold
+    if thr.min() > 0:  # IoU 0 cannot reach a positive threshold, so those pairs can go
         keep = inter > 0
-        d_idx, g_idx, iou = d_idx[keep], g_idx[keep], iou[keep]
-    hit, _ = greedy_match(d_idx, g_idx, iou, _rank_in_group(dkey), N, len(gc), thr, strict=False)
+        d_idx, g_idx, inter = d_idx[keep], g_idx[keep], inter[keep]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = np.nan_to_num(inter / ((ge[g_idx] - gs[g_idx]) + (de[d_idx] - ds[d_idx]) - inter), nan=0.0)
+    hit, _ = greedy_match(d_idx, g_idx, iou, dkey, len(gc), thr, strict=False)
 
     rank = np.lexsort((np.arange(N), -score, dc))
     aps = np.zeros((C, T))
