@@ -103,6 +103,7 @@ def default_boxes(cfg, device=None):
 
     Cached per device, so a training step copies nothing to the accelerator.
     """
+    check_anchor_config(cfg)
     key = (tuple(cfg.num_anchors), tuple(cfg.scale), tuple(cfg.aspect_ratios), str(device))
     if key not in _BOXES:
         _BOXES[key] = _default_boxes(cfg, device)
@@ -110,7 +111,6 @@ def default_boxes(cfg, device=None):
 
 
 def _default_boxes(cfg, device):
-    check_anchor_config(cfg)
     ratios = torch.tensor(cfg.aspect_ratios, dtype=torch.float64)
     centres, widths = [], []
     for positions, scale in zip(cfg.num_anchors, cfg.scale):
