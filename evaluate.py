@@ -63,10 +63,10 @@ def _read_fields(path, ncols, what, numeric=()):
             raise ValueError('too many fields')
         df.index = np.arange(1, len(df) + 1)
         return df[list(range(ncols))]
-    except (ValueError, pd.errors.ParserError):
-        pass  # some line is not regular: read it all as text to say which one
     except pd.errors.EmptyDataError:
         return pd.DataFrame({k: pd.Series(dtype=object) for k in range(ncols)})
+    except (ValueError, pd.errors.ParserError):
+        pass  # some line is not regular: read it all as text to say which one
     try:
         df = pd.read_csv(path, dtype=str, **kwargs)
     except pd.errors.ParserError as err:
@@ -261,6 +261,9 @@ def _video_codes(*columns):
 
 def _prepare(result, gt, source):
     if isinstance(result, pd.DataFrame):
+        missing = {'video', 'start', 'end', 'class_id', 'score'} - set(result.columns)
+        if missing:
+            raise ValueError(f'detections need columns video, start, end, class_id, score; missing {sorted(missing)}')
         det = result
     else:
         det = read_result(result)
