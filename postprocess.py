@@ -12,8 +12,8 @@ From a predictions table (one row per anchor per window) to THUMOS14 detections:
    (identical zero-length boxes) counts as overlapping;
 5. frames / fps -> seconds.
 
-The whole table is processed at once; the NMS loops over NMS *rounds* only, each
-round deciding the next kept detection of every (video, class) group together.
+The whole table is processed at once. NMS runs on the graph of overlapping candidate
+pairs of all (video, class) groups together, in a few vectorised rounds.
 Ties in score are broken as the release's `argsort()[::-1]` breaks them for small
 groups: the later candidate in the release's concatenation order goes first.
 """
@@ -163,31 +163,100 @@ def top3_candidates(scores, conf):
     return cls + 1, val
 
 
-def greedy_nms(group, start, end, threshold):
-    """Greedy NMS of candidates already sorted by (group, priority); returns a keep mask.
-
-    In each round the first undecided candidate of every group is kept and the
-    candidates of its group that overlap it are dropped, for all groups at once.
-    IoU as released: inter = min(end) - max(start) (unclamped), inter / (len_a + len_b - inter);
-    a candidate survives only when IoU <= threshold, so NaN (0/0) suppresses.
-    """
+def _nms_rounds(group, start, end, threshold):
+    """Greedy NMS in rounds: each round keeps the first undecided candidate of every group
+    and drops the candidates of its group that overlap it. Exact for any input; as many
+    rounds as the largest number of detections kept in one group."""
     n = len(group)
     keep = np.zeros(n, bool)
     idx = np.arange(n)
     g, s, e = group, start, end
     d = e - s
+    while idx.size:
+        head = np.ones(idx.size, bool)
+        head[1:] = g[1:] != g[:-1]
+        heads = np.flatnonzero(head)
+        h = heads[np.cumsum(head) - 1]  # position of each candidate's group head
+        inter = np.minimum(e[h], e) - np.maximum(s[h], s)
+        iou = inter / (d[h] + d - inter)
+        alive = iou <= threshold
+        alive[heads] = False
+        keep[idx[heads]] = True
+        idx, g, s, e, d = idx[alive], g[alive], s[alive], e[alive], d[alive]
+    return keep
+
+
+def _overlap_pairs(group, start, end, slack=1.0):
+    """All pairs (a, b) of candidates of the same group whose intervals overlap or touch
+    (within `slack`): sort by (group, start) and find, for each candidate, the run of later
+    starts up to its end with one searchsorted over a single monotone key."""
+    n = len(group)
+    o = np.lexsort((start, group))
+    gs, ss, es = group[o], start[o], end[o]
+    first = np.ones(n, bool)
+    first[1:] = gs[1:] != gs[:-1]
+    gidx = np.cumsum(first) - 1
+    gmin = ss[first][gidx]
+    span = float((es - gmin).max()) + 4 * slack
+    key = gidx * span + (ss - gmin)
+    right = np.searchsorted(key, gidx * span + (es - gmin) + slack, side='right')
+    count = np.maximum(right - np.arange(n) - 1, 0)
+    i = np.repeat(np.arange(n), count)
+    j = i + 1 + (np.arange(len(i)) - np.repeat(np.cumsum(count) - count, count))
+    return o[i], o[j]
+
+
+def _nms_graph(group, start, end, threshold):
+    """Greedy NMS as a graph: an edge from each candidate to every lower-priority one it
+    would suppress; a candidate is kept once every parent is decided and none is kept.
+    Needs threshold >= 0 and end >= start, so that boxes that do not touch never suppress
+    each other. As many rounds as the longest chain of suppressions (a handful)."""
+    n = len(group)
+    a, b = _overlap_pairs(group, start, end)
+    d = end - start
+    inter = np.minimum(end[a], end[b]) - np.maximum(start[a], start[b])
+    iou = inter / (d[a] + d[b] - inter)
+    edge = ~(iou <= threshold)  # NaN (0/0, identical zero-length boxes) suppresses
+    src, dst = np.minimum(a[edge], b[edge]), np.maximum(a[edge], b[edge])
+    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 suppressed
+    while True:
+        undecided = state == 0
+        if not undecided.any():
+            return state == 1
+        parent = state[src]
+        blocked = np.zeros(n, bool)
+        killed = np.zeros(n, bool)
+        blocked[dst[parent == 0]] = True
+        killed[dst[parent == 1]] = True
+        state[undecided & killed] = 2
+        state[undecided & ~killed & ~blocked] = 1
+        live = (state[dst] == 0) & (state[src] != 2)
+        src, dst = src[live], dst[live]
+
+
+def greedy_nms(group, start, end, threshold):
+    """Greedy NMS of candidates already sorted by (group, priority); returns a keep mask.
+
+    Equals the release's sequential NMS run on each group: keep the first, drop every
+    later one with IoU > threshold, repeat; IoU = inter / (len_a + len_b - inter) with
+    inter = min(end) - max(start) unclamped, and NaN (0/0) counting as overlap.
+    Groups holding a reversed or non-finite box (where the unclamped IoU can suppress boxes
+    that do not touch) go through the exact round-by-round version.
+    """
+    group = np.asarray(group)
+    start = np.asarray(start, np.float64)
+    end = np.asarray(end, np.float64)
+    keep = np.zeros(len(group), bool)
+    if not len(group):
+        return keep
+    odd = ~(end >= start) | ~np.isfinite(start) | ~np.isfinite(end)
+    slow = np.isin(group, group[odd]) if threshold >= 0 else np.ones(len(group), bool)
     with np.errstate(divide='ignore', invalid='ignore'):
-        while idx.size:
-            head = np.ones(idx.size, bool)
-            head[1:] = g[1:] != g[:-1]
-            heads = np.flatnonzero(head)
-            h = heads[np.cumsum(head) - 1]  # position of each candidate's group head
-            inter = np.minimum(e[h], e) - np.maximum(s[h], s)
-            iou = inter / (d[h] + d - inter)
-            alive = iou <= threshold
-            alive[heads] = False
-            keep[idx[heads]] = True
-            idx, g, s, e, d = idx[alive], g[alive], s[alive], e[alive], d[alive]
+        if slow.any():
+            keep[slow] = _nms_rounds(group[slow], start[slow], end[slow], threshold)
+        fast = ~slow
+        if fast.any():
+            keep[fast] = _nms_graph(group[fast], start[fast], end[fast], threshold)
     return keep
 
 
@@ -216,16 +285,19 @@ def post_process(pred, cfg, fps_of=None, fused=False):
     row = np.tile(np.arange(n), CANDIDATES_PER_ROW)
     cand_class = class_id.T.reshape(-1)
     cand_score = score.T.reshape(-1)
-    order_pos = np.arange(n * CANDIDATES_PER_ROW)
     cliff = np.flatnonzero(cand_class == CLIFF_DIVING)
     row = np.concatenate([row, row[cliff]])
     cand_class = np.concatenate([cand_class, np.full(len(cliff), DIVING)])
     cand_score = np.concatenate([cand_score, cand_score[cliff]])
-    order_pos = np.concatenate([order_pos, n * CANDIDATES_PER_ROW + order_pos[cliff]])
 
+    # NMS priority: (video, class) group, then score descending, then later candidate first.
+    # The candidates are in that release order already, so a stable sort of the reversed
+    # array by (group, -score) gives it.
     cand_video = video_code[row]
-    order = np.lexsort((-order_pos, -cand_score, cand_class, cand_video))
-    group = cand_video[order] * (max(C.CLASS_REAL) + 1) + cand_class[order]
+    group = cand_video * (max(C.CLASS_REAL) + 1) + cand_class
+    rev = np.arange(len(group))[::-1]
+    order = rev[np.lexsort((-cand_score[rev], group[rev]))]
+    group = group[order]
     start = a['xmin'][rows][row[order]]
     end = a['xmax'][rows][row[order]]
     keep = greedy_nms(group, start, end, cfg.nms_threshold)
