@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Train the temporal and the spatial stream, test both, fuse them and evaluate.
+#
+#   bash run.sh [stage] [pretrain] [method] [--key=value ...]
+#
+#   stage     train | test | fuse | train_test_fuse   (default train_test_fuse)
+#   pretrain  UCF101 | KnetV3 | any feature set name  (default UCF101)
+#   method    decouple_ssad | main_stream             (default decouple_ssad)
+#   --key=value  config overrides passed to every script (see config.py)
+#
+# With two or more GPUs the two streams run in parallel, one GPU each; with one
+# GPU or none they run one after the other. Each stream's console output goes
+# to logs/<mode>_<pretrain>_<method>.out; the per-epoch loss lines to
+# logs/<mode>_<pretrain>_<method>.log.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+stage=${1:-train_test_fuse}
+pretrain=${2:-UCF101}
+method=${3:-decouple_ssad}
+overrides=("${@:4}")
+PYTHON=${PYTHON:-python}
+
+case $stage in train|test|fuse|train_test_fuse) ;; *)
+    echo "run.sh: unknown stage '$stage' (train | test | fuse | train_test_fuse)" >&2; exit 2 ;;
+esac
+case $method in decouple_ssad|main_stream) ;; *)
+    echo "run.sh: unknown method '$method' (decouple_ssad | main_stream)" >&2; exit 2 ;;
+esac
+
+mkdir -p logs results models
+SECONDS=0
+echo "run.sh: stage=$stage pretrain=$pretrain method=$method ${overrides[*]:-}"
+
+# One stream: train and/or test, as the stage asks.
+run_stream() {
+    local mode=$1
+    local args=(--mode "$mode" --pretrain "$pretrain" --method "$method" "${overrides[@]}")
+    if [[ $stage == train || $stage == train_test_fuse ]]; then
+        $PYTHON -u train.py "${args[@]}" || return 1
+    fi
+    if [[ $stage == test || $stage == train_test_fuse ]]; then
+        $PYTHON -u test.py "${args[@]}" || return 1
+    fi
+}
+
+if [[ $stage != fuse ]]; then
+    gpus=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+    declare -A status
+    if (( gpus >= 2 )); then
+        echo "run.sh: $gpus GPUs: temporal on GPU 0 and spatial on GPU 1, in parallel"
+        CUDA_VISIBLE_DEVICES=0 run_stream temporal > "logs/temporal_${pretrain}_${method}.out" 2>&1 &
+        pid_temporal=$!
+        CUDA_VISIBLE_DEVICES=1 run_stream spatial > "logs/spatial_${pretrain}_${method}.out" 2>&1 &
+        pid_spatial=$!
+        wait $pid_temporal; status[temporal]=$?
+        wait $pid_spatial; status[spatial]=$?
+    else
+        echo "run.sh: ${gpus} GPU(s): the two streams one after the other"
+        for mode in temporal spatial; do
+            echo "run.sh: $mode stream (console output in logs/${mode}_${pretrain}_${method}.out)"
+            run_stream $mode 2>&1 | tee "logs/${mode}_${pretrain}_${method}.out"
+            status[$mode]=${PIPESTATUS[0]}
+            (( status[$mode] == 0 )) || break
+        done
+    fi
+    for mode in temporal spatial; do
+        if [[ ${status[$mode]:-1} != 0 ]]; then
+            echo "run.sh: the $mode stream failed (exit ${status[$mode]:-not run}); see logs/${mode}_${pretrain}_${method}.out. Nothing was fused." >&2
+            tail -n 15 "logs/${mode}_${pretrain}_${method}.out" >&2 2>/dev/null
+            exit 1
+        fi
+    done
+fi
+
+if [[ $stage == fuse || $stage == train_test_fuse ]]; then
+    echo "run.sh: fusing the two streams"
+    $PYTHON -u fuse.py --pretrain "$pretrain" --method "$method" "${overrides[@]}" || exit 1
+    fused="results/result_fuse_${pretrain}_${method}.txt"
+    for mode in temporal spatial; do
+        result="results/result_${mode}_${pretrain}_${method}.txt"
+        if [[ -f $result ]]; then
+            echo "run.sh: $mode stream alone:"
+            $PYTHON evaluate.py "$result" "${overrides[@]}" || exit 1
+        fi
+    done
+    echo "run.sh: two-stream fusion, $fused:"
+    $PYTHON evaluate.py "$fused" --json "results/eval_fuse_${pretrain}_${method}.json" "${overrides[@]}" || exit 1
+fi
+
+echo "run.sh: $((SECONDS / 60)) minutes and $((SECONDS % 60)) seconds elapsed."
