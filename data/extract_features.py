@@ -11,6 +11,9 @@ which is the per-video layout the loader reads (windows are sliced from it), and
 a table <out>/<split>/video_info.csv with columns video,fps,frame_num,steps.
 <pretrain> is --pretrain, by default the backbone's name.
 
+Video names are file names without extension, whitespace replaced by '_'; the
+annotation CSV must use the same names (the table lists them).
+
 Steps. One step every 4 frames at the video's own fps: step t covers frames
 4t..4t+3 and T = frame_num // 4 (floor: a last group of fewer than 4 frames is
 dropped, so every step covers 4 real frames; the test windows of SPEC section 3
@@ -223,7 +226,8 @@ def crop_frame(cv2, frame, size):
 
 
 def video_name(path):
-    return os.path.splitext(os.path.basename(path))[0]
+    """File name without extension, whitespace as '_' (the THUMOS14 text formats split on whitespace)."""
+    return '_'.join(os.path.splitext(os.path.basename(path))[0].split())
 
 
 def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False):

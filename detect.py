@@ -1,0 +1,206 @@
+"""Detect actions in one video with trained checkpoints, in one command.
+
+    python detect.py VIDEO --checkpoint T.pt [--checkpoint-spatial S.pt] [--out DIR] \
+        [--backbone resnet50|tiny] [--weights PATH] [--weights-temporal PATH] [--key=value ...]
+
+1. extracts the video's features with data/extract_features.py (the same code and
+   backbone options; the backbone must be the one the checkpoints were trained on),
+   into DIR/features/detect/<mode>DataX<pretrain>/ (a rerun reuses them);
+2. slides the test windows over it (SPEC 3: stride 256 frames, one end-aligned window,
+   one padded window for a short video);
+3. runs each checkpoint's model over the windows -> DIR/predict_<mode>.csv;
+4. post-processes (SPEC 10), fusing the two streams first when --checkpoint-spatial is
+   given (SPEC 11; --checkpoint is then the temporal stream);
+5. writes DIR/detections.txt (THUMOS14 result format, seconds), DIR/detections.json
+   (class names, seconds, scores, best first) and DIR/timeline.png. Detections are
+   cut at the video's end (its last window may reach past it, padded).
+
+The model settings come from the config saved in the checkpoint; --key=value overrides
+them (e.g. --nms_threshold=0.3, --device=cpu). DIR defaults to results/detect/<video>.
+"""
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+
+import numpy as np
+import torch
+
+import config as C
+import load_data
+import postprocess
+from config import Config, apply_overrides, parse_config
+from data import extract_features as ef
+from fileio import atomic_open, atomic_path
+from operations import load_model, predict
+
+SPLIT = 'detect'   # feature folder of the videos given to detect.py
+
+
+def checkpoint_config(path, overrides, feature_dim, backbone):
+    """The config a checkpoint was trained with, then the command line's overrides; checks the feature width."""
+    if not os.path.isfile(path):
+        raise SystemExit(f'error: checkpoint {path} not found')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise SystemExit(f'error: checkpoint {path} cannot be read: {err}') from None
+    if not isinstance(ckpt, dict) or 'feature_dim' not in ckpt:
+        raise SystemExit(f'error: {path} is not a checkpoint of this project (no feature_dim)')
+    if int(ckpt['feature_dim']) != feature_dim:
+        raise SystemExit(f'error: checkpoint {path} was trained on {ckpt["feature_dim"]}-d features, but backbone '
+                         f'{backbone!r} gives {feature_dim}-d features; use the backbone (and weights) the '
+                         f'training features were extracted with')
+    saved = ckpt.get('config') or {}
+    known = {f.name for f in fields(Config)}
+    try:
+        cfg = C.config_from_dict({k: v for k, v in saved.items() if k in known})
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f'error: checkpoint {path}: bad saved config: {err}') from None
+    if 'method' in ckpt:
+        cfg.method = ckpt['method']
+    return apply_overrides(cfg, overrides)
+
+
+def load_stream(path, cfg, feature_dim, device):
+    try:
+        model, _ = load_model(path, cfg, device, feature_dim=feature_dim)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    return model.eval()
+
+
+def predict_stream(model, features, starts, videos, cfg):
+    """Predictions table (SPEC 2 columns) of every window, once each (SPEC 9)."""
+    device = next(model.parameters()).device
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(features), cfg.batch_size):
+            x = torch.as_tensor(np.asarray(features[i:i + cfg.batch_size]), dtype=torch.float32, device=device)
+            parts.append({k: v.float().cpu().numpy() for k, v in predict(model(x), cfg).items()})
+    p = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+    w, a = p['conf'].shape
+    start = np.repeat(np.asarray(starts, np.int64), a)
+    clip = lambda v: np.clip(v.reshape(-1) * cfg.window_size, 0, cfg.window_size) + start  # noqa: E731
+    return postprocess.predictions_frame(dict(
+        video_name=np.repeat(np.asarray(videos, dtype=object), a), start=start, conf=p['conf'].reshape(-1),
+        xmin=clip(p['xmin']), xmax=clip(p['xmax']), scores=p['class_prob'].reshape(w * a, -1)))
+
+
+def detections_json(det, name, info, streams, checkpoints):
+    det = det.sort_values('score', ascending=False, kind='stable')
+    names = det['class_id'].map(C.CLASS_NAME_OF_ID)
+    return dict(video=name, fps=info['fps'], frame_num=info['frame_num'],
+                duration_s=info['frame_num'] / info['fps'], streams=streams, checkpoints=checkpoints,
+                detections=[dict(label=n, class_id=int(c), start=round(float(s), 3), end=round(float(e), 3),
+                                 score=round(float(p), 4))
+                            for n, c, s, e, p in zip(names, det['class_id'], det['start'], det['end'],
+                                                     det['score'])])
+
+
+def plot_timeline(path, det, name, duration, top=30):
+    """The `top` best detections on a time axis, one row per class, opacity = score."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    det = det.nlargest(top, 'score')
+    classes = sorted(set(det['class_id']))
+    row = {c: i for i, c in enumerate(classes)}
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * max(len(classes), 1)))
+    rel = det['score'].to_numpy() / max(det['score'].max(), 1e-12) if len(det) else np.zeros(0)
+    colors = np.tile(matplotlib.colors.to_rgba('tab:blue'), (len(det), 1))
+    colors[:, 3] = 0.2 + 0.8 * rel
+    ax.barh(det['class_id'].map(row), det['end'] - det['start'], left=det['start'], height=0.7,
+            color=colors, edgecolor='black', linewidth=0.3)
+    ax.set_yticks(range(len(classes)), [C.CLASS_NAME_OF_ID[c] for c in classes])
+    ax.set_xlim(0, duration)
+    ax.set_ylim(-0.6, max(len(classes), 1) - 0.4)
+    ax.invert_yaxis()
+    ax.set_xlabel('time (s)')
+    ax.set_title(f'{name}: {len(det)} best detections' if len(det) else f'{name}: no detections')
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('video', help='the video file')
+    parser.add_argument('--checkpoint', required=True,
+                        help='model checkpoint (the temporal stream when --checkpoint-spatial is given)')
+    parser.add_argument('--checkpoint-spatial', default=None, help='spatial-stream checkpoint: fuse both streams')
+    parser.add_argument('--out', default=None, help='output folder (default results/detect/<video>)')
+    parser.add_argument('--pretrain', default=None, help='feature folder name <mode>DataX<pretrain> (default: backbone)')
+    ef.add_backbone_args(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg0, args = parse_config(parser, argv)
+    overrides = parser.parse_known_args(argv)[1]
+    if not os.path.isfile(args.video):
+        raise SystemExit(f'error: video {args.video} not found')
+    name = ef.video_name(args.video)
+    out = args.out or os.path.join('results', 'detect', name)
+    device = ef.resolve_device(cfg0.device)
+    dim = ef.BACKBONE_DIMS[args.backbone]
+
+    # Checkpoints first: a wrong one should fail before minutes of extraction.
+    cfg = checkpoint_config(args.checkpoint, overrides, dim, args.backbone)
+    paths = {cfg.mode: args.checkpoint}
+    cfgs = {cfg.mode: cfg}
+    if args.checkpoint_spatial:
+        if cfg.mode != 'temporal':
+            raise SystemExit(f'error: --checkpoint {args.checkpoint} holds a {cfg.mode}-stream model; with '
+                             f'--checkpoint-spatial it must be the temporal (optical-flow) stream')
+        cfgs['spatial'] = checkpoint_config(args.checkpoint_spatial, overrides, dim, args.backbone)
+        if cfgs['spatial'].mode != 'spatial':
+            raise SystemExit(f'error: --checkpoint-spatial {args.checkpoint_spatial} holds a '
+                             f'{cfgs["spatial"].mode}-stream model, not a spatial (RGB) one')
+        paths['spatial'] = args.checkpoint_spatial
+    runs = {m: (load_stream(paths[m], cfgs[m], dim, device), cfgs[m], paths[m]) for m in sorted(cfgs)}
+
+    pretrain = args.pretrain or args.backbone
+    feat_root = os.path.join(out, 'features')
+    info, failures = ef.extract_all([args.video], feat_root, SPLIT, pretrain, sorted(runs),
+                                    **ef.backbone_kwargs(args, cfg0))
+    if failures:
+        raise SystemExit(f'error: cannot extract features of {args.video}: {failures[args.video]}')
+    row = info[info.video == name].iloc[0]
+    vinfo = dict(fps=float(row.fps), frame_num=int(row.frame_num))
+
+    anno = load_data.pd.DataFrame({'video': [name], 'frame_num': [vinfo['frame_num']]})
+    preds = {}
+    for mode, (model, scfg, ckpt_path) in runs.items():
+        starts, videos = load_data.make_windows(anno, False, scfg)
+        feats = load_data.load_features(scfg, SPLIT, starts, videos, mode=mode,
+                                        folder=ef.feature_dir(feat_root, SPLIT, mode, pretrain))
+        preds[mode] = predict_stream(model, feats, starts, videos, scfg)
+        postprocess.write_predictions(os.path.join(out, f'predict_{mode}.csv'), preds[mode])
+        print(f'{mode}: {len(starts)} windows predicted with {ckpt_path}')
+
+    fps_of = {name: vinfo['fps']}
+    if len(preds) == 2:
+        fused = postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg)
+        det = postprocess.post_process(fused, cfg, fps_of, fused=True)
+    else:
+        det = postprocess.post_process(preds[cfg.mode], cfg, fps_of)
+    # A short video's window runs past its end (padded with the last step): keep what lies inside the video.
+    duration = vinfo['frame_num'] / vinfo['fps']
+    det = det[det['start'] < duration].assign(end=lambda d: d['end'].clip(upper=duration))
+    det = det.sort_values(['score', 'start'], ascending=[False, True], kind='stable').reset_index(drop=True)
+
+    postprocess.write_results(os.path.join(out, 'detections.txt'), det)
+    doc = detections_json(det, name, vinfo, sorted(runs), {m: r[2] for m, r in runs.items()})
+    with atomic_open(os.path.join(out, 'detections.json')) as f:
+        json.dump(doc, f, indent=1)
+    plot_timeline(os.path.join(out, 'timeline.png'), det, name, doc['duration_s'])
+    best = ', '.join(f'{d["label"]} {d["start"]:.1f}-{d["end"]:.1f}s ({d["score"]:.2f})'
+                     for d in doc['detections'][:3])
+    print(f'{len(det)} detections in {name} ({doc["duration_s"]:.1f} s){": " + best if best else ""}')
+    print(f'wrote {out}/detections.txt, detections.json, timeline.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""detect.py end to end on a generated video with tiny checkpoints and the tiny backbone."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
+
+import config as C  # noqa: E402
+import detect  # noqa: E402
+import postprocess  # noqa: E402
+from data import extract_features as ef  # noqa: E402
+from operations import build_model  # noqa: E402
+
+torch.set_num_threads(2)
+DIM = ef.BACKBONE_DIMS['tiny']
+
+
+def write_video(path, n=150, fps=30):
+    rng = np.random.default_rng(n)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (64, 48))
+    for i in range(n):
+        f = rng.integers(0, 30, (48, 64, 3), dtype=np.uint8)
+        x = (3 * i) % 48
+        f[10:34, x:x + 16] = (30, 180, 240)
+        writer.write(f)
+    writer.release()
+    return str(path)
+
+
+def save_checkpoint(path, mode, method='main_stream', feature_dim=DIM, seed=0):
+    cfg = C.Config(mode=mode, method=method, pretrain='tiny', seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg, feature_dim)
+    torch.save({'model': model.state_dict(), 'method': method, 'feature_dim': feature_dim,
+                'config': cfg.to_dict(), 'epoch': 1}, path)
+    return str(path)
+
+
+def run(args):
+    return detect.main([str(a) for a in args] + ['--backbone', 'tiny', '--flow', 'dis', '--device=cpu'])
+
+
+@pytest.fixture(scope='module')
+def video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp('v') / 'my clip.avi')
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('ckpt')
+    return (save_checkpoint(folder / 't.pt', 'temporal', 'main_stream', seed=1),
+            save_checkpoint(folder / 's.pt', 'spatial', 'decouple_ssad', seed=2))
+
+
+def test_two_streams_end_to_end(video, checkpoints, tmp_path):
+    t_ckpt, s_ckpt = checkpoints
+    out = tmp_path / 'out'
+    # Keep every candidate, so the random models give detections to check.
+    assert run([video, '--checkpoint', t_ckpt, '--checkpoint-spatial', s_ckpt, '--out', out,
+                '--filter_conf_threshold=-1e9', '--filter_neg_threshold=1.01',
+                '--filter_neg_threshold_fuse=1.01']) == 0
+
+    info = pd.read_csv(out / 'features' / 'detect' / 'video_info.csv')
+    assert info.video.tolist() == ['my_clip'] and info.frame_num[0] == 150 and info.steps[0] == 150 // 4
+    preds = {m: postprocess.read_predictions(out / f'predict_{m}.csv') for m in ('temporal', 'spatial')}
+    anchors = sum(C.Config().num_anchors) * len(C.Config().aspect_ratios)
+    for p in preds.values():   # a 150-frame video: one (padded) test window at frame 0
+        assert len(p) == anchors and set(p.start) == {0} and set(p.video_name) == {'my_clip'}
+
+    doc = json.loads((out / 'detections.json').read_text())
+    assert doc['video'] == 'my_clip' and doc['fps'] == pytest.approx(30)
+    assert doc['duration_s'] == pytest.approx(5.0) and doc['streams'] == ['spatial', 'temporal']
+    dets = doc['detections']
+    assert dets, 'no detections with the filters off'
+    assert [d['score'] for d in dets] == sorted((d['score'] for d in dets), reverse=True)
+    for d in dets:
+        assert d['label'] == C.CLASS_NAME_OF_ID[d['class_id']]
+        assert 0 <= d['start'] <= d['end'] <= 5.0 + 1e-3     # cut at the video's end
+
+    # The result file holds the same detections, and they are the fusion of the two prediction files.
+    txt = postprocess.read_results(out / 'detections.txt')
+    assert len(txt) == len(dets)
+    cfg = C.Config(filter_conf_threshold=-1e9, filter_neg_threshold=1.01, filter_neg_threshold_fuse=1.01)
+    ref = postprocess.post_process(postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg),
+                                   cfg, {'my_clip': 30.0}, fused=True)
+    ref = ref[ref.start < 5.0].assign(end=ref.end.clip(upper=5.0))
+    key = ['class_id', 'start', 'end']
+    got = txt.sort_values(key + ['score']).reset_index(drop=True)
+    ref = ref.round({'start': 3, 'end': 3, 'score': 4}).sort_values(key + ['score']).reset_index(drop=True)
+    np.testing.assert_array_equal(got.class_id, ref.class_id)
+    np.testing.assert_allclose(got[['start', 'end', 'score']], ref[['start', 'end', 'score']], atol=1e-3)
+
+    png = (out / 'timeline.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 1000
+
+
+def test_single_stream_reuses_features(video, checkpoints, tmp_path, capsys):
+    t_ckpt, _ = checkpoints
+    out = tmp_path / 'out'
+    assert run([video, '--checkpoint', t_ckpt, '--out', out]) == 0
+    assert (out / 'predict_temporal.csv').exists() and not (out / 'predict_spatial.csv').exists()
+    assert not (out / 'features' / 'detect' / 'spatialDataXtiny').exists()
+    doc = json.loads((out / 'detections.json').read_text())
+    assert doc['streams'] == ['temporal']
+    assert len(postprocess.read_results(out / 'detections.txt')) == len(doc['detections'])
+    capsys.readouterr()
+    assert run([video, '--checkpoint', t_ckpt, '--out', out, '--nms_threshold=0.5']) == 0
+    assert 'already extracted' in capsys.readouterr().out
+
+
+def test_clear_errors(video, checkpoints, tmp_path):
+    wide = tmp_path / 'wide.pt'   # only the header matters: the width is checked before the model is built
+    torch.save({'model': {}, 'method': 'main_stream', 'feature_dim': 2048, 'config': C.Config().to_dict()}, wide)
+    with pytest.raises(SystemExit, match=r'trained on 2048-d features, but backbone .tiny. gives 64-d'):
+        run([video, '--checkpoint', wide, '--out', tmp_path / 'o'])
+    spatial = checkpoints[1]
+    with pytest.raises(SystemExit, match='must be the temporal'):
+        run([video, '--checkpoint', spatial, '--checkpoint-spatial', spatial, '--out', tmp_path / 'o'])
+    with pytest.raises(SystemExit, match='not found'):
+        run([tmp_path / 'missing.mp4', '--checkpoint', spatial])
+    assert not (tmp_path / 'o').exists()    # nothing extracted before the checks
