@@ -78,7 +78,8 @@ def plot_class_ap(series, out_png, threshold=0.5, paper=False):
         ax.bar(x + (k - (n - 1) / 2) * width, values, width, label=label)
     ax.set_xticks(x, [f'{nm} ({c})' for nm, c in zip(names, class_ids)] + ['mAP'], rotation=45, ha='right')
     ax.set_ylabel(f'AP@{threshold:g} (%)')
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 118)  # room for the legend above the bars
+    ax.set_yticks(np.arange(0, 101, 20))
     ax.set_xlim(-0.6, len(x) - 0.4)
     ax.grid(True, axis='y', alpha=0.4)
     ax.legend(fontsize=8, loc='upper left', ncol=2)
