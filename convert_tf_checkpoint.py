@@ -87,7 +87,8 @@ def convert(source, cfg):
     if len(first) != 3:
         raise ValueError(f'{source.path}: variable {FIRST_KERNEL} has shape {list(first)}, expected [9, D, 512]')
     feature_dim = int(first[1])
-    model = operations.build_model(cfg, feature_dim)
+    with torch.device('meta'):  # names and shapes only
+        model = operations.build_model(cfg, feature_dim)
     wanted = {key for key, _, _ in operations.tf_variables(model)}
     extra = sorted(k for k in keys - wanted if not BOOKKEEPING.search(k))
     if extra:
