@@ -18,6 +18,7 @@ Ties in score are broken as the release's `argsort()[::-1]` breaks them for smal
 groups: the later candidate in the release's concatenation order goes first.
 """
 import os
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -312,6 +313,15 @@ def post_process(pred, cfg, fps_of=None, fused=False):
                          'score': cand_score[kept]})
 
 
+def weighted_average(t, s, w):
+    """w * t + (1 - w) * s, rounded as the release rounds t * 2 / 3 + s * 1 / 3 when w is a simple fraction."""
+    frac = Fraction(w).limit_denominator(1000)
+    if abs(float(frac) - w) < 1e-12:
+        p, q = frac.numerator, frac.denominator
+        return t * p / q + s * (q - p) / q
+    return w * t + (1.0 - w) * s
+
+
 def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
     """SPEC 11: weighted average of two aligned predictions tables (DataFrames).
 
@@ -332,10 +342,10 @@ def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
         raise ValueError(f'predictions do not align at row {i} (line {i + 2}): {names[0]} has '
                          f'{tv[i]} start {ts[i]}, {names[1]} has {sv[i]} start {ss[i]}; '
                          f'both streams must be predicted over the same window list')
-    w = cfg.fuse_temporal_weight
     cols = ['conf', 'xmin', 'xmax'] + SCORE_COLUMNS
     fused = pd.DataFrame({'video_name': tv, 'start': ts})
-    mixed = (w * temporal[cols].to_numpy(np.float64) + (1.0 - w) * spatial[cols].to_numpy(np.float64))
+    mixed = weighted_average(temporal[cols].to_numpy(np.float64), spatial[cols].to_numpy(np.float64),
+                             cfg.fuse_temporal_weight)
     return pd.concat([fused, pd.DataFrame(mixed, columns=cols)], axis=1)
 
 

@@ -1,0 +1,54 @@
+"""Fuse the temporal and spatial streams' predictions (SPEC 11) into one THUMOS14 result file.
+
+    python fuse.py --pretrain UCF101 --method decouple_ssad [--key=value ...]
+    python fuse.py --temporal CSV --spatial CSV --out TXT [--key=value ...]
+
+The first form reads results/predict_temporal_<pretrain>_<method>.csv and
+results/predict_spatial_<pretrain>_<method>.csv and writes
+results/result_fuse_<pretrain>_<method>.txt. Both files must hold predictions of the
+same windows in the same order; otherwise the first row that differs is named.
+conf, xmin, xmax and every score_k become w * temporal + (1 - w) * spatial
+(w = fuse_temporal_weight, 2/3); rows with fused score_0 >= filter_neg_threshold_fuse
+are dropped, then the post-processing of test.py applies (its filters included, as released).
+"""
+import argparse
+import dataclasses
+import os
+
+import config as C
+import postprocess
+from fileio import check_writable
+
+
+def stream_predict_path(cfg, mode):
+    return C.get_predict_result_path(dataclasses.replace(cfg, mode=mode))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--pretrain', default=None, help='feature set name, e.g. UCF101 | KnetV3')
+    parser.add_argument('--method', default=None, help='main_stream | decouple_ssad')
+    parser.add_argument('--temporal', default=None, help='temporal-stream predictions CSV')
+    parser.add_argument('--spatial', default=None, help='spatial-stream predictions CSV')
+    parser.add_argument('--out', default=None, help='result file (default results/result_fuse_<pretrain>_<method>.txt)')
+    cfg, args = C.parse_config(parser, argv)
+    temporal = args.temporal or stream_predict_path(cfg, 'temporal')
+    spatial = args.spatial or stream_predict_path(cfg, 'spatial')
+    out = args.out or C.get_fuse_result_path(cfg)
+    for path, mode in ((temporal, 'temporal'), (spatial, 'spatial')):
+        if not os.path.isfile(path):
+            raise SystemExit(f'error: {mode}-stream predictions {path} not found; run python test.py --mode {mode} '
+                             f'--pretrain {cfg.pretrain} --method {cfg.method} first, or give --{mode} CSV')
+    if os.path.abspath(temporal) == os.path.abspath(spatial):
+        raise SystemExit(f'error: --temporal and --spatial are the same file {temporal}')
+    check_writable(out)
+    try:
+        det = postprocess.fuse_files(temporal, spatial, out, cfg)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    print(f'wrote {out} ({len(det):,} detections, temporal weight {cfg.fuse_temporal_weight:.4g})')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,180 @@
+"""Run a trained checkpoint over every test window; write the predictions and the THUMOS14 result file.
+
+    python test.py --mode temporal --pretrain UCF101 --method decouple_ssad \\
+        [--checkpoint PATH] [--features DIR] [--windows FILE] [--key=value ...]
+    python test.py --predictions CSV --out TXT [--key=value ...]
+
+The first form loads the checkpoint (default: the newest models/<run>/model-ep-<e>.pt),
+predicts every window of the test list once (SPEC 9) and writes
+results/predict_<run>.csv (one row per anchor per window) and the post-processed
+results/result_<run>.txt (SPEC 10). --features takes a feature folder of any layout
+load_data reads (0.npy ... per window, packed.npy, <video>.npy) or a packed [W, 128, D]
+.npy file; --windows a window_info.log. The second form re-post-processes an existing
+predictions file without a model.
+"""
+import argparse
+import glob
+import os
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+import config as C
+import load_data
+import operations
+import postprocess
+from fileio import check_writable
+
+
+def resolve_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {name} asked for, but CUDA is not available')
+    return device
+
+
+def newest_checkpoint(cfg):
+    """models/<run>/model-ep-<e>.pt with the largest e; ValueError when there is none."""
+    run_dir = C.get_models_dir(cfg)
+    found = []
+    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
+        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    if not found:
+        raise ValueError(f'no checkpoint model-ep-<epoch>.pt in {run_dir}: train this run first '
+                         f'(python train.py --mode {cfg.mode} --pretrain {cfg.pretrain} --method {cfg.method}) '
+                         f'or give --checkpoint')
+    return max(found)[1]
+
+
+def predict_windows(model, features, starts, videos, cfg, batch_size=None):
+    """The predictions table (SPEC 2 columns, one row per anchor per window) of every window, once (SPEC 9).
+
+    features [W, 128, D] (numpy, memory-mapped or not, or a tensor); starts [W] window start
+    frames; videos [W] names. Runs in batches on the model's device without gradients.
+    xmin, xmax: window-normalised * window_size, cut to the window as the release does
+    (xmin = max(xmin, 0), xmax = min(xmax, window_size)), plus the window start.
+    """
+    starts = np.asarray(starts, np.int64)
+    videos = np.asarray(videos, dtype=object)
+    if not (len(features) == len(starts) == len(videos)):
+        raise ValueError(f'{len(features)} feature windows, {len(starts)} starts and {len(videos)} videos: '
+                         f'the window list and the features do not belong together')
+    device = next(model.parameters()).device
+    bs = batch_size or cfg.batch_size
+    was_training = model.training
+    model.eval()
+    parts = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        for i in range(0, len(features), bs):
+            x = torch.as_tensor(np.asarray(features[i:i + bs]) if not torch.is_tensor(features)
+                                else features[i:i + bs]).to(device, torch.float32, non_blocking=True)
+            p = operations.predict(model(x), cfg)
+            parts.append(torch.cat([p['class_prob'], p['conf'][..., None], p['xmin'][..., None],
+                                    p['xmax'][..., None]], -1).float())
+    model.train(was_training)
+    out = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 0, cfg.num_classes + 3), np.float32)
+    w, a = out.shape[:2]
+    k = cfg.num_classes
+    size = np.float32(cfg.window_size)
+    # float32 like the release, then the integer window start added in float64.
+    xmin = np.maximum(out[..., k + 1] * size, np.float32(0)).astype(np.float64) + starts[:, None]
+    xmax = np.minimum(out[..., k + 2] * size, size).astype(np.float64) + starts[:, None]
+    return postprocess.predictions_frame(dict(
+        video_name=np.repeat(videos, a), start=np.repeat(starts, a),
+        conf=out[..., k].reshape(-1).astype(np.float64), xmin=xmin.reshape(-1), xmax=xmax.reshape(-1),
+        scores=out[..., :k].reshape(w * a, k).astype(np.float64)))
+
+
+def load_windows_and_features(cfg, features=None, windows=None):
+    """dict(features, starts, videos) of the test split, with the optional overrides of the command line."""
+    if windows is not None and not os.path.isfile(windows):
+        raise ValueError(f'window list {windows} not found')
+    if features is not None and os.path.isfile(features):
+        # A packed [W, 128, D] array given as a file.
+        starts, videos = load_data.read_window_info(
+            windows or os.path.join(cfg.data_dir, cfg.test_split_set, 'window_info.log'))
+        try:
+            packed = np.load(features, mmap_mode='r', allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f'{features}: cannot read as .npy: {err}') from None
+        if packed.ndim != 3 or packed.shape[0] != len(starts) or packed.shape[1] != cfg.input_steps:
+            raise ValueError(f'{features}: shape {list(packed.shape)} does not fit the window list '
+                             f'({len(starts)} windows of {cfg.input_steps} steps)')
+        if packed.dtype.kind != 'f':
+            raise ValueError(f'{features}: features must be floating point, got {packed.dtype}')
+        return dict(features=packed, starts=starts, videos=videos)
+    if features is not None and not os.path.isdir(features):
+        raise ValueError(f'features {features} not found (a feature folder or a packed .npy file)')
+    return load_data.load_test_data(cfg, windows=windows, features=features)
+
+
+def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=None, result_path=None, log=print):
+    """Checkpoint -> predictions CSV -> result file. Returns (predictions DataFrame, detections DataFrame).
+
+    Every check (checkpoint, method, feature width, data, output folder) happens before
+    anything is written; both outputs are written atomically.
+    """
+    predict_path = predict_path or C.get_predict_result_path(cfg)
+    result_path = result_path or C.get_result_path(cfg)
+    for path in (predict_path, result_path):
+        check_writable(path)
+    checkpoint = checkpoint or newest_checkpoint(cfg)
+    if not os.path.isfile(checkpoint):
+        raise ValueError(f'checkpoint {checkpoint} not found')
+    device = resolve_device(cfg.device)
+    fps_of = postprocess.default_fps_of(cfg)  # a bad fps table fails now, not after the model ran
+
+    t0 = time.time()
+    data = load_windows_and_features(cfg, features, windows)
+    feats = data['features']
+    model, ckpt = operations.load_model(checkpoint, cfg, device, feature_dim=feats.shape[2])
+    log(f'{len(data["starts"])} test windows ({feats.shape[2]}-d features) loaded in {time.time() - t0:.1f} s; '
+        f'model {checkpoint} (epoch {ckpt.get("epoch", "?")}) on {device}')
+
+    t0 = time.time()
+    pred = predict_windows(model, feats, data['starts'], data['videos'], cfg)
+    log(f'predicted {len(pred):,} anchors in {time.time() - t0:.1f} s')
+    det = postprocess.post_process(pred, cfg, fps_of)
+    postprocess.write_predictions(predict_path, pred)
+    postprocess.write_results(result_path, det)
+    log(f'wrote {predict_path} and {result_path} ({len(det):,} detections)')
+    return pred, det
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--mode', default=None, help='temporal | spatial')
+    parser.add_argument('--pretrain', default=None, help='feature set name, e.g. UCF101 | KnetV3')
+    parser.add_argument('--method', default=None, help='main_stream | decouple_ssad')
+    parser.add_argument('--checkpoint', default=None, help='default: newest models/<run>/model-ep-<e>.pt')
+    parser.add_argument('--features', default=None, help='feature folder or packed .npy of the test windows')
+    parser.add_argument('--windows', default=None, help='window_info.log of the test windows')
+    parser.add_argument('--predictions', default=None, help='re-post-process this predictions CSV (no model)')
+    parser.add_argument('--out', default=None, help='result file (default results/result_<run>.txt)')
+    cfg, args = C.parse_config(parser, argv)
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    try:
+        if args.predictions:
+            if args.checkpoint or args.features or args.windows:
+                raise ValueError('--predictions re-post-processes a file; it takes no --checkpoint, '
+                                 '--features or --windows')
+            out = args.out or C.get_result_path(cfg)
+            check_writable(out)
+            det = postprocess.process_file(args.predictions, out, cfg)
+            print(f'wrote {out} ({len(det):,} detections from {args.predictions})')
+        else:
+            run_test(cfg, args.checkpoint, args.features, args.windows, result_path=args.out)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+
+
+if __name__ == '__main__':
+    main()
