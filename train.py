@@ -224,8 +224,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # easy-negative draws
     raw_model = operations.build_model(cfg, feature_dim).to(device)
+    # fused: one pass over the parameters per step, several times faster than the default on CPU too
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.learning_rates[0], betas=(0.9, 0.999),
-                                 eps=1e-8, fused=device.type == 'cuda')
+                                 eps=1e-8, fused=True)
     if ckpt:
         raw_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])

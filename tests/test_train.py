@@ -1,0 +1,220 @@
+"""train.py: a tiny run learns, resuming is exact, checkpoints rotate, several processes agree.
+
+Runs on a few synthetic windows of D = 8 features and 32 steps (anchor layers of 4, 2, 1
+positions) so the file stays fast on CPU.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import load_data
+import operations
+import train
+
+torch.set_num_threads(2)
+LRS = (1e-3,) * 4
+SMALL = dict(input_steps=32, window_size=128, num_anchors=(4, 2, 1))  # a quarter of the arithmetic
+
+
+def make_data(num_windows=6, dim=8, seed=0):
+    """Windows with one action each; the features carry the class and the action's extent."""
+    rng = np.random.default_rng(seed)
+    max_boxes = 2
+    label = np.zeros((num_windows, max_boxes), np.int64)
+    box = np.zeros((num_windows, max_boxes, 2), np.float32)
+    valid = np.zeros((num_windows, max_boxes), bool)
+    label[:, 0] = rng.integers(1, 21, num_windows)
+    start = rng.uniform(0.0, 0.6, num_windows)
+    box[:, 0, 0], box[:, 0, 1] = start, start + rng.uniform(0.1, 0.4, num_windows)
+    valid[:, 0] = True
+    features = rng.normal(0, 0.1, (num_windows, SMALL['input_steps'], dim)).astype(np.float32)
+    steps = np.arange(SMALL['input_steps'])[None, :] / SMALL['input_steps']
+    inside = (steps >= box[:, :1, 0]) & (steps < box[:, :1, 1])
+    features[:, :, 0] += inside
+    features[:, :, 1] += (label[:, :1] % 7) / 7.0
+    return dict(features=features, gt_label=label, gt_box=box, gt_valid=valid)
+
+
+def make_cfg(root, **overrides):
+    values = dict(method='main_stream', device='cpu', batch_size=3, learning_rates=LRS,
+                  models_dir=str(root / 'models'), logs_dir=str(root / 'logs'), **SMALL)
+    values.update(overrides)
+    cfg = config.Config(**values)
+    config.check_config(cfg)
+    return cfg
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def epochs_on_disk(cfg):
+    return [e for e, _ in train.list_checkpoints(config.get_models_dir(cfg))]
+
+
+def log_lines(cfg):
+    with open(config.get_log_path(cfg)) as f:
+        return f.read().splitlines()
+
+
+def assert_same_tensors(a, b, exact=True):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tensors(a[key], b[key], exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y, exact)
+    elif isinstance(a, torch.Tensor):
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # a tenth of one Adam step
+    else:
+        assert a == b
+
+
+@pytest.fixture(scope='module')
+def data():
+    return make_data()
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, data):
+    """An uninterrupted 4-epoch run that keeps every checkpoint."""
+    cfg = make_cfg(tmp_path_factory.mktemp('full'), keep_checkpoints=0)
+    result = train.train(cfg, data=data, progress=False)
+    return cfg, result
+
+
+@pytest.fixture(scope='module')
+def resumed_run(tmp_path_factory, data):
+    """The same run stopped after 2 epochs, then resumed by the same call with all 4 learning rates."""
+    root = tmp_path_factory.mktemp('resumed')
+    first = train.train(make_cfg(root, learning_rates=LRS[:2]), data=data, progress=False)
+    cfg = make_cfg(root)
+    return cfg, first, train.train(cfg, data=data, progress=False)
+
+
+def test_loss_falls_and_log_has_one_line_per_epoch(full_run):
+    cfg, result = full_run
+    lines = log_lines(cfg)
+    assert [line.split()[0] for line in lines] == ['Epoch-0', 'Epoch-1', 'Epoch-2', 'Epoch-3']
+    totals = [float(line.split('Total - ')[1].split(',')[0]) for line in lines]
+    assert totals[-1] < 0.8 * totals[0]
+    assert result['losses']['total'] == pytest.approx(totals[-1], abs=1e-5)
+    assert result['model_path'].endswith('model-ep-3.pt') and result['epoch'] == 3
+    assert epochs_on_disk(cfg) == [0, 1, 2, 3]  # keep_checkpoints=0 keeps all
+
+
+def test_checkpoint_contents_and_load_model(full_run, data):
+    cfg, result = full_run
+    ckpt = load(result['model_path'])
+    assert ckpt['epoch'] == 3 and ckpt['method'] == 'main_stream' and ckpt['feature_dim'] == 8
+    assert config.config_from_dict(ckpt['config']).to_dict() == cfg.to_dict()
+    assert set(ckpt['rng']) == {'torch', 'cuda', 'numpy', 'loss_generator'}
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == LRS[3]
+    with open(os.path.join(config.get_models_dir(cfg), 'config.json')) as f:
+        assert config.config_from_dict(json.load(f)).to_dict() == cfg.to_dict()
+    model, _ = operations.load_model(result['model_path'], cfg, feature_dim=8)
+    assert_same_tensors(model.state_dict(), ckpt['model'])
+
+
+def test_resume_gives_bitwise_identical_weights(full_run, resumed_run):
+    _, full = full_run
+    cfg, first, resumed = resumed_run
+    assert first['epoch'] == 1 and resumed['epoch'] == 3
+    a, b = load(full['model_path']), load(resumed['model_path'])
+    assert_same_tensors(a['model'], b['model'])
+    assert_same_tensors(a['optimizer'], b['optimizer'])
+    assert_same_tensors(a['rng'], b['rng'])
+    assert [line.split()[0] for line in log_lines(cfg)] == ['Epoch-0', 'Epoch-1', 'Epoch-2', 'Epoch-3']
+    assert epochs_on_disk(cfg) == [2, 3]  # the newest two are kept
+
+
+def test_finished_run_says_complete(resumed_run, data, capsys):
+    cfg, _, resumed = resumed_run
+    before = os.path.getmtime(resumed['model_path'])
+    again = train.train(cfg, data=data, progress=False)
+    assert 'complete' in capsys.readouterr().out
+    assert again['model_path'] == resumed['model_path'] and again['epoch'] == 3
+    assert os.path.getmtime(resumed['model_path']) == before and len(log_lines(cfg)) == 4
+
+
+def test_feature_dimension_that_does_not_fit_the_checkpoint(resumed_run):
+    cfg, _, _ = resumed_run
+    with pytest.raises(SystemExit, match='dimension 8.*dimension 6.*--fresh'):
+        train.train(cfg, data=make_data(dim=6), progress=False)
+
+
+def test_empty_training_set(tmp_path):
+    empty = {key: value[:0] for key, value in make_data().items()}
+    with pytest.raises(SystemExit, match='training set is empty'):
+        train.train(make_cfg(tmp_path), data=empty, progress=False)
+
+
+def test_cli_fresh_restarts(tmp_path, data, monkeypatch, capsys):
+    monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: data)
+    cfg = make_cfg(tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
+    argv = ['train.py', '--mode', 'spatial', '--pretrain', 'tiny', '--method', 'main_stream', '--device=cpu',
+            '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
+            '--num_anchors=4,2,1', f'--models_dir={tmp_path / "models"}', f'--logs_dir={tmp_path / "logs"}']
+    monkeypatch.setattr(sys, 'argv', argv)
+    train.main()
+    assert config.get_log_path(cfg).endswith(os.path.join('logs', 'spatial_tiny_main_stream.log'))
+    first = load(os.path.join(config.get_models_dir(cfg), 'model-ep-0.pt'))
+    assert first['config'] == cfg.to_dict()
+    train.main()
+    assert 'complete' in capsys.readouterr().out
+    with open(config.get_log_path(cfg), 'a') as f:
+        f.write('Epoch-7 Train Loss: a line of an older run\n')
+    monkeypatch.setattr(sys, 'argv', argv + ['--fresh'])
+    train.main()
+    assert epochs_on_disk(cfg) == [0] and len(log_lines(cfg)) == 1
+    assert log_lines(cfg)[0].startswith('Epoch-0 Train Loss: Total - ')
+    assert_same_tensors(first['model'], load(os.path.join(config.get_models_dir(cfg), 'model-ep-0.pt'))['model'])
+
+
+def test_decouple_ssad_trains(tmp_path):
+    cfg = make_cfg(tmp_path, method='decouple_ssad', learning_rates=(1e-3,), batch_size=2)
+    result = train.train(cfg, data=make_data(num_windows=2), progress=False)
+    assert all(np.isfinite(v) for v in result['losses'].values())
+    model, ckpt = operations.load_model(result['model_path'], cfg, feature_dim=8)
+    assert ckpt['method'] == 'decouple_ssad' and len(log_lines(cfg)) == 1
+
+
+LAUNCHED = textwrap.dedent('''
+    import sys
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    import config, train
+    arrays = np.load({data!r})
+    cfg = config.Config(**{cfg!r})
+    train.train(cfg, data={{key: arrays[key] for key in arrays.files}}, progress=False)
+''')
+
+
+def test_two_processes_give_the_single_process_weights(tmp_path, full_run, data):
+    """torchrun on CPU (gloo): each process runs half of every batch; the loss is the whole batch's."""
+    full_cfg, _ = full_run
+    np.savez(tmp_path / 'data.npz', **data)
+    cfg = make_cfg(tmp_path, learning_rates=LRS[:2]).to_dict()
+    script = tmp_path / 'launch.py'
+    script.write_text(LAUNCHED.format(repo=os.path.dirname(os.path.abspath(train.__file__)),
+                                      data=str(tmp_path / 'data.npz'), cfg=cfg))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = load(tmp_path / 'models' / 'temporal_UCF101_main_stream' / 'model-ep-1.pt')
+    one = load(os.path.join(config.get_models_dir(full_cfg), 'model-ep-1.pt'))
+    assert_same_tensors(one['model'], two['model'], exact=False)
+    assert len(log_lines(make_cfg(tmp_path))) == 2
