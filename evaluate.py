@@ -291,7 +291,7 @@ def _avg(thr, maps):
     return float(np.mean([maps[i[0]] for i in idx]))
 
 
-def _precision_curves(cls, tp, npos, C):
+def _precision_curves(cls, tp, npos):
     """Per-class cumulative precision / recall along a ranking sorted by class."""
     n = len(cls)
     class_start = np.searchsorted(cls, cls, 'left')
@@ -376,7 +376,7 @@ def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', r
     for t in range(T):
         r = rank[tp[t, rank] | ~on_amb[rank]]
         cls, hit = dc[r], tp[t, r]
-        tp_cum, prec, rec = _precision_curves(cls, hit, npos, C)
+        tp_cum, prec, rec = _precision_curves(cls, hit, npos)
         # bincount adds in rank order, exactly like the kit's loop.
         aps[:, t] = np.bincount(cls[hit], weights=prec[hit], minlength=C)
         if return_pr:
@@ -446,13 +446,13 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
         iou = np.nan_to_num(inter / ((ge[g_idx] - gs[g_idx]) + (de[d_idx] - ds[d_idx]) - inter), nan=0.0)
     hit, _ = greedy_match(d_idx, g_idx, iou, dkey, len(gc), thr, strict=False)
 
-    rank = np.lexsort((np.arange(N), -score, dc))
+    rank = np.lexsort((order, -score, dc))  # score descending, file order on ties
     aps = np.zeros((C, T))
     curves = [] if return_pr else None
     for t in range(T):
         tp = hit[t, rank]
         cls = dc[rank]
-        tp_cum, prec, rec = _precision_curves(cls, tp, npos, C)
+        tp_cum, prec, rec = _precision_curves(cls, tp, npos)
         # Monotone envelope per class: running max from the end, kept inside each class
         # by an offset that grows along the reversed array (precision is within [0, 1]).
         rev = (prec + 2.0 * (C - cls))[::-1]

@@ -234,3 +234,55 @@ def test_greedy_match_handles_many_groups():
         warnings.simplefilter('error')
         hit, used = evaluate.greedy_match(outer[:0], inner[:0], iou[:0], np.zeros(3, int), 3, [0.5], True)
     assert not hit.any() and not used.any()
+
+
+def test_anet_ties_follow_file_order(tmp_path):
+    gt = make_gt(tmp_path, [('BaseballPitch', 'v2', 0, 10), ('BasketballDunk', 'v1', 0, 10)])
+    # Equal scores: the false positive (video v1) comes second in the file, so it ranks second.
+    det = dets([('v2', 0, 10, 7, .5), ('v1', 0, 10, 7, .5)])
+    assert ap_of(evaluate.evaluate_anet, det, gt, .5) == 1.0
+    # The kit breaks the tie by video name: v1 first, so precision 1/2 at the TP.
+    assert ap_of(evaluate.evaluate_kit, det, gt, .5) == 0.5
+
+
+def anet_reference(det, gt_rows, thr, cid):
+    """Plain-loop ActivityNet-style AP of one class (the textbook procedure)."""
+    gts = [(v, min(s, e), max(s, e)) for n, v, s, e in dict.fromkeys(gt_rows) if n == cid]
+    d = det[det['class_id'] == cid].reset_index(drop=True)
+    d = d.iloc[np.lexsort((np.arange(len(d)), -d['score'].to_numpy()))]
+    locked, tp = set(), []
+    for v, s, e in zip(d['video'], d['start'], d['end']):
+        s, e = min(s, e), max(s, e)
+        best, best_iou = None, -1.0
+        for k, (gv, gs, ge) in enumerate(gts):
+            inter = max(0.0, min(e, ge) - max(s, gs))
+            iou = inter / ((e - s) + (ge - gs) - inter)
+            if gv == v and k not in locked and iou > best_iou:
+                best, best_iou = k, iou
+        ok = best is not None and best_iou >= thr
+        if ok:
+            locked.add(best)
+        tp.append(ok)
+    tp = np.array(tp, bool)
+    prec = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+    env = np.maximum.accumulate(prec[::-1])[::-1]
+    return float(env[tp].sum() / len(gts))
+
+
+def test_anet_matches_plain_loop(tmp_path):
+    rng = np.random.default_rng(3)
+    names = {7: 'BaseballPitch', 9: 'BasketballDunk'}
+    gt_rows = []
+    for _ in range(40):
+        cid, v, s = int(rng.choice([7, 9])), f'v{rng.integers(4)}', float(rng.integers(0, 200))
+        gt_rows.append((cid, v, s, s + float(rng.integers(2, 20))))
+    gt_rows.append(gt_rows[0])  # a repeated instance
+    gt = make_gt(tmp_path, [(names[c], v, s, e) for c, v, s, e in gt_rows])
+    base = rng.integers(len(gt_rows), size=300)
+    det = dets([(gt_rows[b][1], gt_rows[b][2] + rng.normal(0, 3), gt_rows[b][3] + rng.normal(0, 3),
+                 gt_rows[b][0] if rng.random() < .8 else 16 - gt_rows[b][0], round(rng.random(), 1))
+                for b in base])
+    res = evaluate.evaluate_anet(det, gt, [0.3, 0.5, 0.7])
+    for t, thr in enumerate([0.3, 0.5, 0.7]):
+        for cid in (7, 9):
+            assert res['per_class'][cid][t] == pytest.approx(anet_reference(det, gt_rows, thr, cid), abs=1e-12)
