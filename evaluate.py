@@ -71,9 +71,13 @@ def _read_fields(path, ncols, what, numeric=()):
         df = pd.read_csv(path, dtype=str, **kwargs)
     except pd.errors.ParserError as err:
         found = re.search(r'in line (\d+), saw (\d+)', str(err))
-        if found:
+        if not found:
+            raise ValueError(f'{path}: {str(err).strip()}') from None
+        # The tokenizer stops at a line with too many fields; an earlier line may
+        # have too few, and the first bad line is the one to report.
+        df = pd.read_csv(path, dtype=str, nrows=int(found[1]) - 1, **kwargs)
+        if len(df) == 0 or not ((df[ncols] != '') | (df[ncols - 1] == '') & ~(df == '').all(axis=1)).any():
             raise ValueError(f'{path}:{found[1]}: expected {ncols} fields, got {found[2]}') from None
-        raise ValueError(f'{path}: {str(err).strip()}') from None
     df.index = np.arange(1, len(df) + 1)
     blank = (df == '').all(axis=1).to_numpy()
     df = df[~blank]

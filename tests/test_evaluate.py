@@ -122,6 +122,7 @@ def test_reversed_interval_and_mp4(tmp_path):
     ('v1 0 10 7 0.5\nv1 0 10 7\n', 2, 'expected 5 fields, got 4'),
     ('v1 0 10 7 0.5\n\nv1 0 10 7 0.5 1\n', 3, 'expected 5 fields, got 6'),
     ('v1 0 10 7 0.5\nv1 0 10 7 0.5 1 2\n', 2, 'expected 5 fields, got 7'),
+    ('v1 0 10 7 0.5\nv1 0 10\n\nv1 0 10 7 0.5 1 2\n', 2, 'expected 5 fields, got 3'),
     ('v1 0 10 7 0.5\nv1 0 10 7 high\n', 2, "field 5 (score) is 'high'"),
     ('v1 0 x 7 0.5\n', 1, "field 3 (end) is 'x'"),
     ('v1 0 10 7.5 0.5\n', 1, 'expected an integer'),
