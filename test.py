@@ -73,8 +73,10 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
     parts = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         for i in range(0, len(features), bs):
-            x = torch.as_tensor(np.asarray(features[i:i + bs]) if not torch.is_tensor(features)
-                                else features[i:i + bs]).to(device, torch.float32, non_blocking=True)
+            # A copy in float32: the features may be a read-only memory map, or float64 as released.
+            batch = features[i:i + bs] if torch.is_tensor(features) else torch.from_numpy(
+                np.array(features[i:i + bs], dtype=np.float32))
+            x = batch.to(device, torch.float32, non_blocking=True)
             p = operations.predict(model(x), cfg)
             parts.append(torch.cat([p['class_prob'], p['conf'][..., None], p['xmin'][..., None],
                                     p['xmax'][..., None]], -1).float())
