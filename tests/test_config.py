@@ -70,3 +70,12 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError('interrupted')
     assert target.read_text() == 'old'
     assert os.listdir(tmp_path) == ['out.txt']
+
+
+def test_atomic_output_has_ordinary_permissions(tmp_path):
+    target = tmp_path / 'result.txt'
+    with atomic_open(target) as f:
+        f.write('x')
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
