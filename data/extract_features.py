@@ -29,8 +29,8 @@ Streams. Frames are resized so the short side is --size, then centre-cropped to
   the video), x and y interleaved (x0, y0, x1, y1, ...), so 2L input channels;
   displacements in pixels are clipped to +-20 and divided by 20. Flow is OpenCV's
   TV-L1 when opencv-contrib is installed (--flow auto), else DIS; --flow dis is
-  about 50x faster on a CPU. Flow always runs on the CPU; the CNNs run batched on
-  the GPU when there is one.
+  much faster on a CPU. Flow always runs on the CPU, on --flow-workers threads; the
+  CNNs run batched on the GPU when there is one.
 
 Backbones.
 - resnet50 (torchvision, D = 2048): --weights PATH (a state dict of torchvision's
@@ -52,7 +52,9 @@ import argparse
 import math
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 
 import numpy as np
@@ -205,12 +207,17 @@ def make_flow_fn(method='auto'):
     if method == 'tvl1':
         if not hasattr(cv2, 'optflow'):
             raise SystemExit('error: --flow tvl1 needs opencv-contrib-python-headless (cv2.optflow); or use --flow dis')
-        algo = cv2.optflow.DualTVL1OpticalFlow_create()
+        create = cv2.optflow.DualTVL1OpticalFlow_create
     elif method == 'dis':
-        algo = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        create = lambda: cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # noqa: E731
     else:
         raise SystemExit(f'error: unknown flow method {method!r}; choose auto, tvl1 or dis')
-    flow_fn = lambda a, b: algo.calc(a, b, None)  # noqa: E731
+    local = threading.local()   # OpenCV's flow objects are not thread-safe: one per worker thread
+
+    def flow_fn(a, b):
+        if not hasattr(local, 'algo'):
+            local.algo = create()
+        return local.algo.calc(a, b, None)
     flow_fn.method = method
     return flow_fn
 
@@ -230,11 +237,12 @@ def video_name(path):
     return '_'.join(os.path.splitext(os.path.basename(path))[0].split())
 
 
-def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False):
+def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, pool=None):
     """Decode `path` once; yield ('info', fps, frame_count_claimed) then (t, rgb or None, flow or None) per step.
 
     rgb: uint8 [size, size, 3]; flow: float32 [2L, size, size]. Frames are read as a
-    stream, so only a few are held at a time, whatever the video's length.
+    stream, so only a few are held at a time, whatever the video's length. With a thread
+    pool, the flow of several frame pairs is computed at once (OpenCV releases the GIL).
     """
     cv2 = import_cv2()
     cap = cv2.VideoCapture(path)
@@ -247,7 +255,15 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False):
         want_rgb, want_flow = 'spatial' in streams, 'temporal' in streams
         half = flow_length // 2
         centres, flows = {}, {}   # frame index -> rgb; pair index k -> flow(k -> k+1)
-        prev_gray, t, n = None, 0, 0
+        prev_gray, t, n, pairs = None, 0, 0, []
+        chunk = 4 * pool._max_workers if pool else 1
+
+        def compute_flows():
+            run = pool.map if pool else map
+            for k, f in zip([p[0] for p in pairs], run(flow_fn, [p[1] for p in pairs], [p[2] for p in pairs])):
+                f = np.clip(f, -FLOW_BOUND, FLOW_BOUND) / FLOW_BOUND
+                flows[k] = f.transpose(2, 0, 1).astype(np.float32)  # [2, H, W]: x, y
+            pairs.clear()
 
         def make_step(t, last_pair):
             c = 4 * t + 2
@@ -274,20 +290,22 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False):
             if want_flow:
                 gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
                 if prev_gray is not None:
-                    f = np.clip(flow_fn(prev_gray, gray), -FLOW_BOUND, FLOW_BOUND) / FLOW_BOUND
-                    flows[n - 1] = f.transpose(2, 0, 1).astype(np.float32)  # [2, H, W]: x, y
+                    pairs.append((n - 1, prev_gray, gray))
                 prev_gray = gray
+                if len(pairs) >= chunk:
+                    compute_flows()
             n += 1
             if bar is not None:
                 bar.update(1)
-            # A step is ready once its 4 frames and its last flow pair have been decoded.
-            while 4 * t + 4 <= n and (not want_flow or 4 * t + 2 - half + flow_length < n):
+            # A step is ready once its 4 frames are decoded and its last flow pair computed.
+            while 4 * t + 4 <= n and (not want_flow or 4 * t + 2 - half + flow_length - 1 in flows):
                 yield make_step(t, n - 2)
                 t += 1
         if bar is not None:
             bar.close()
         if n < 4:
             raise VideoError(f'{path}: {n} frames decoded, a step needs 4' if n else f'{path}: no frame could be decoded')
+        compute_flows()
         for t in range(t, n // 4):
             yield make_step(t, n - 2)
         yield 'end', n, None
@@ -304,7 +322,8 @@ def prepare_batch(stream, items, device):
     return torch.from_numpy(np.stack(items)).to(device)
 
 
-def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, device='cpu', progress=False):
+def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, device='cpu', progress=False,
+                  pool=None):
     """Features of one video: ({stream: float32 [T, D]}, info dict(video, fps, frame_num, steps))."""
     streams = list(nets)
     buffers = {s: [] for s in streams}
@@ -317,7 +336,7 @@ def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, devic
                     feats[s].append(nets[s](prepare_batch(s, buffers[s], device)).float().cpu().numpy())
                     buffers[s].clear()
 
-    gen = iter_step_inputs(path, streams, size, flow_fn, flow_length, progress)
+    gen = iter_step_inputs(path, streams, size, flow_fn, flow_length, progress, pool)
     _, fps, claimed = next(gen)
     frame_num = None
     for t, rgb, flow in gen:
@@ -421,7 +440,8 @@ def resolve_device(name):
 
 
 def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=None, weights_temporal=None,
-                size=None, flow='auto', flow_length=5, batch_size=32, device='auto', seed=0, progress=True):
+                size=None, flow='auto', flow_length=5, batch_size=32, device='auto', seed=0, progress=True,
+                flow_workers=None):
     """Extract every video not done yet. Returns (info DataFrame of the split, {video path: error message})."""
     device = resolve_device(device)
     size = size or DEFAULT_SIZES[backbone]
@@ -440,13 +460,15 @@ def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=
                            flow_length, seed)
     nets = {s: n.to(device) for s, n in nets.items()}
     flow_fn = make_flow_fn(flow) if any('temporal' in ss for _, ss in todo) else None
+    workers = flow_workers or min(8, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers) if flow_fn and workers > 1 else None
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
     for i, (path, need) in enumerate(todo, 1):
         t0 = time.time()
         try:
             feats, row = extract_video(path, {s: nets[s] for s in need}, size, flow_fn, flow_length, batch_size,
-                                       device, progress)
+                                       device, progress, pool)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # an undecodable video must not stop the others
@@ -505,6 +527,8 @@ def add_backbone_args(parser):
     parser.add_argument('--flow', default='auto', choices=['auto', 'tvl1', 'dis'], help='optical-flow algorithm')
     parser.add_argument('--flow-length', type=int, default=5, help='flow fields per step (L; 2L input channels)')
     parser.add_argument('--batch', type=int, default=32, help='steps per CNN batch')
+    parser.add_argument('--flow-workers', type=int, default=None,
+                        help='threads computing optical flow (default: CPU cores, at most 8)')
 
 
 def backbone_kwargs(args, cfg):
@@ -512,7 +536,7 @@ def backbone_kwargs(args, cfg):
         raise SystemExit('error: --flow-length must be >= 1')
     return dict(backbone=args.backbone, weights=args.weights, weights_temporal=args.weights_temporal,
                 size=args.size, flow=args.flow, flow_length=args.flow_length, batch_size=args.batch,
-                device=cfg.device, seed=cfg.seed)
+                device=cfg.device, seed=cfg.seed, flow_workers=args.flow_workers)
 
 
 def parse_streams(text):

@@ -1,5 +1,6 @@
 """Feature extraction on small videos written here: steps, flow direction, failures, resuming."""
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,8 @@ def test_one_step_per_four_frames_and_table(videos, tmp_path):
     np.testing.assert_array_equal(feats[i, len(b):], np.repeat(b[-1:], 128 - len(b), 0))
 
 
-def test_step_inputs_centre_frame_and_flow_stack(tmp_path):
+@pytest.mark.parametrize('workers', [1, 3])
+def test_step_inputs_centre_frame_and_flow_stack(tmp_path, workers):
     """Frame i is uniform gray 10 i; a fake flow reports the pair's first frame index as x."""
     n, length = 17, 7
     frames = np.stack([np.full((H, W), 10 * i, np.uint8) for i in range(n)])
@@ -99,7 +101,8 @@ def test_step_inputs_centre_frame_and_flow_stack(tmp_path):
         f[..., 1] = -b.mean() / 10         # ~ -(k + 1)
         return f
 
-    gen = ef.iter_step_inputs(path, ['spatial', 'temporal'], 32, flow_fn, length)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    gen = ef.iter_step_inputs(path, ['spatial', 'temporal'], 32, flow_fn, length, pool=pool)
     assert next(gen)[0] == 'info'
     steps = [s for s in gen if s[0] != 'end']
     assert [s[0] for s in steps] == list(range(n // 4))
