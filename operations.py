@@ -60,8 +60,8 @@ def init_weights(model, seed, identical_kernel_init=True):
         w = module.weight
         if w.is_meta:  # shape-only model (parameter counts): nothing to draw
             continue
-        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        # fan_in + fan_out = (in + out) * k, for Conv1d [out, in, k] and ConvTranspose1d [in, out, k]
+        bound = math.sqrt(6.0 / ((w.shape[0] + w.shape[1]) * w.shape[2]))
         shape = tuple(w.shape)
         if identical_kernel_init and isinstance(module, nn.Conv1d):
             if shape not in drawn:

@@ -84,7 +84,8 @@ def test_bad_npz_errors_name_the_variable(converted, tmp_path):
         convert.main([write_npz(tmp_path / 'a.npz', bad), str(tmp_path / 'a.pt'), '--method', 'main_stream'])
     bad = dict(arrays)
     bad['mulClsReg_predict_layerAL2mainStream/conv1d/kernel'] = np.zeros((3, 1024, 100), np.float32)
-    with pytest.raises(SystemExit, match=r'mulClsReg_predict_layerAL2mainStream/conv1d/kernel has shape \[3, 1024, 100\]'):
+    with pytest.raises(SystemExit,
+                       match=r'mulClsReg_predict_layerAL2mainStream/conv1d/kernel has shape \[3, 1024, 100\]'):
         convert.main([write_npz(tmp_path / 'b.npz', bad), str(tmp_path / 'b.pt'), '--method', 'main_stream'])
     # a main-stream checkpoint is not a Decouple-SSAD one, and the reverse
     with pytest.raises(SystemExit, match='missing variable branch_anchor_layerProposalBranch/conv1d/kernel'):
