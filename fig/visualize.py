@@ -1,0 +1,126 @@
+"""Timeline of detections against the ground truth, for chosen videos of any THUMOS14 result file.
+
+    python fig/visualize.py results/result_fuse_UCF101_decouple_ssad.txt --gt data/thumos14/eval_annotation \
+        --videos video_test_0000004 video_test_0000006 --out fig/timeline.png [--min-score 0.1] [--top 20]
+
+One panel per video, one row per class (ground truth or detected), one colour per class.
+In each row the ground-truth instances are the outlined bars on top (ambiguous segments
+hatched grey across the panel) and the detections are the bars below, their opacity
+and label giving the score. Without --videos the three videos with the most detections
+above --min-score are shown. --top keeps the K best detections per video (0 = all).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import config as C  # noqa: E402
+import evaluate  # noqa: E402
+from fileio import atomic_path  # noqa: E402
+
+CLASS_COLORS = {cid: plt.get_cmap('tab20')(k) for k, cid in enumerate(C.CLASS_REAL[1:])}
+
+
+def class_color(class_id):
+    return CLASS_COLORS.get(int(class_id), (0.5, 0.5, 0.5, 1.0))
+
+
+def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, source='detections'):
+    """Per video: (video, detections shown (best first), ground truth, ambiguous segments, class ids of the rows)."""
+    truth = gt['gt'].assign(class_id=np.asarray(gt['class_ids'])[gt['gt']['cls'].to_numpy()])
+    det = det[det['score'] >= min_score]
+    if not videos:
+        videos = det['video'].value_counts().index[:num_videos].tolist()
+        if not videos:
+            raise ValueError(f'{source}: no detections with score >= {min_score} to show')
+    known = set(det['video']) | set(truth['video'])
+    unknown = [v for v in videos if v not in known]
+    if unknown:
+        raise ValueError(f'video {unknown[0]} is neither in {source} (score >= {min_score}) nor in the '
+                         f'ground truth of {gt.get("gt_dir", "the evaluation")}')
+    panels = []
+    for video in videos:
+        d = det[det['video'] == video].sort_values('score', ascending=False, kind='stable')
+        d = d.iloc[:top] if top else d
+        g = truth[truth['video'] == video]
+        amb = gt['ambiguous'][gt['ambiguous']['video'] == video]
+        panels.append((video, d, g, amb, sorted(set(g['class_id']) | set(d['class_id']))))
+    return panels
+
+
+def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score=0.0, top=20, subset='test',
+                  num_videos=3):
+    """Draw the timeline PNG; returns `out`.
+
+    result: a result-file path or a DataFrame(video, start, end, class_id, score) in seconds.
+    gt_dir: the evaluation ground-truth folder (<Class>_<subset>.txt, Ambiguous_<subset>.txt,
+    detclasslist.txt). videos: names to show (default: the `num_videos` with most detections).
+    """
+    det = evaluate.read_result(result) if isinstance(result, (str, os.PathLike)) else result
+    source = str(result) if isinstance(result, (str, os.PathLike)) else 'detections'
+    gt = evaluate.read_ground_truth(gt_dir, subset)
+    names = dict(zip(gt['class_ids'].tolist(), gt['class_names']))
+    names.update({cid: C.CLASS_NAME_OF_ID[cid] for cid in C.CLASS_NAME_OF_ID if cid not in names})
+    panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source)
+    heights = [1.0 + 0.55 * max(len(p[4]), 1) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights)), squeeze=False,
+                             gridspec_kw=dict(height_ratios=heights))
+    for ax, (video, d, g, amb, classes) in zip(axes[:, 0], panels):
+        row = {c: i for i, c in enumerate(classes)}
+        end = max([1.0] + d['end'].tolist() + g['end'].tolist())
+        for s, e in zip(amb['start'], amb['end']):
+            ax.axvspan(s, e, color='0.85', hatch='//', fill=False, linewidth=0)
+        # Ground truth: outlined bars in the upper part of the class row.
+        ax.barh(g['class_id'].map(row) - 0.22, g['end'] - g['start'], left=g['start'], height=0.3,
+                color=[class_color(c) for c in g['class_id']], edgecolor='black', linewidth=1.0)
+        # Detections: below, opacity by score relative to the best one shown.
+        if len(d):
+            best = max(float(d['score'].max()), 1e-12)
+            colors = np.array([class_color(c) for c in d['class_id']])
+            colors[:, 3] = 0.15 + 0.85 * np.clip(d['score'].to_numpy() / best, 0, 1)
+            y = d['class_id'].map(row).to_numpy() + 0.2
+            ax.barh(y, d['end'] - d['start'], left=d['start'], height=0.36, color=colors, linewidth=0)
+            for x0, x1, yy, s in zip(d['start'], d['end'], y, d['score']):
+                ax.text((x0 + x1) / 2, yy, f'{s:.2f}', ha='center', va='center', fontsize=6, clip_on=True)
+        ax.set_yticks(range(len(classes)), [names.get(int(c), str(c)) for c in classes])
+        ax.set_ylim(len(classes) - 0.5 if classes else 0.5, -0.5)
+        ax.set_xlim(0, end * 1.02)
+        ax.set_xlabel('time (s)')
+        shown = f'{len(d)} best detections' if top and len(d) == top else f'{len(d)} detections'
+        ax.set_title(f'{video}: {len(g)} ground-truth instances (outlined), {shown} (opacity, label = score)',
+                     fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('result', help='THUMOS14 result file (video start end class score, seconds)')
+    parser.add_argument('--gt', default=None, help='evaluation ground-truth folder (default: config eval_gt_dir)')
+    parser.add_argument('--videos', nargs='+', default=None, help='videos to show')
+    parser.add_argument('--out', default='fig/timeline.png', help='PNG to write')
+    parser.add_argument('--min-score', type=float, default=0.0, help='hide detections below this score')
+    parser.add_argument('--top', type=int, default=20, help='best K detections per video (0 = all)')
+    cfg, args = C.parse_config(parser, argv)
+    try:
+        out = plot_timeline(args.result, args.gt or cfg.eval_gt_dir, args.videos, args.out, args.min_score, args.top)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()
