@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import operations
 import train
 
 torch.set_num_threads(2)
-LRS = (1e-3,) * 4
+LRS = (1e-3,) * 3
 SMALL = dict(input_steps=32, window_size=128, num_anchors=(4, 2, 1))  # a quarter of the arithmetic
 
 
@@ -89,7 +88,7 @@ def data():
 
 @pytest.fixture(scope='module')
 def full_run(tmp_path_factory, data):
-    """An uninterrupted 4-epoch run that keeps every checkpoint."""
+    """An uninterrupted 3-epoch run that keeps every checkpoint."""
     cfg = make_cfg(tmp_path_factory.mktemp('full'), keep_checkpoints=0)
     result = train.train(cfg, data=data, progress=False)
     return cfg, result
@@ -97,9 +96,9 @@ def full_run(tmp_path_factory, data):
 
 @pytest.fixture(scope='module')
 def resumed_run(tmp_path_factory, data):
-    """The same run stopped after 2 epochs, then resumed by the same call with all 4 learning rates."""
+    """The same run stopped after 1 epoch, then resumed by the same call with all 3 learning rates."""
     root = tmp_path_factory.mktemp('resumed')
-    first = train.train(make_cfg(root, learning_rates=LRS[:2]), data=data, progress=False)
+    first = train.train(make_cfg(root, learning_rates=LRS[:1]), data=data, progress=False)
     cfg = make_cfg(root)
     return cfg, first, train.train(cfg, data=data, progress=False)
 
@@ -107,21 +106,21 @@ def resumed_run(tmp_path_factory, data):
 def test_loss_falls_and_log_has_one_line_per_epoch(full_run):
     cfg, result = full_run
     lines = log_lines(cfg)
-    assert [line.split()[0] for line in lines] == ['Epoch-0', 'Epoch-1', 'Epoch-2', 'Epoch-3']
+    assert [line.split()[0] for line in lines] == ['Epoch-0', 'Epoch-1', 'Epoch-2']
     totals = [float(line.split('Total - ')[1].split(',')[0]) for line in lines]
     assert totals[-1] < 0.8 * totals[0]
     assert result['losses']['total'] == pytest.approx(totals[-1], abs=1e-5)
-    assert result['model_path'].endswith('model-ep-3.pt') and result['epoch'] == 3
-    assert epochs_on_disk(cfg) == [0, 1, 2, 3]  # keep_checkpoints=0 keeps all
+    assert result['model_path'].endswith('model-ep-2.pt') and result['epoch'] == 2
+    assert epochs_on_disk(cfg) == [0, 1, 2]  # keep_checkpoints=0 keeps all
 
 
 def test_checkpoint_contents_and_load_model(full_run, data):
     cfg, result = full_run
     ckpt = load(result['model_path'])
-    assert ckpt['epoch'] == 3 and ckpt['method'] == 'main_stream' and ckpt['feature_dim'] == 8
+    assert ckpt['epoch'] == 2 and ckpt['method'] == 'main_stream' and ckpt['feature_dim'] == 8
     assert config.config_from_dict(ckpt['config']).to_dict() == cfg.to_dict()
     assert set(ckpt['rng']) == {'torch', 'cuda', 'numpy', 'loss_generator'}
-    assert ckpt['optimizer']['param_groups'][0]['lr'] == LRS[3]
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == LRS[2]
     with open(os.path.join(config.get_models_dir(cfg), 'config.json')) as f:
         assert config.config_from_dict(json.load(f)).to_dict() == cfg.to_dict()
     model, _ = operations.load_model(result['model_path'], cfg, feature_dim=8)
@@ -131,13 +130,13 @@ def test_checkpoint_contents_and_load_model(full_run, data):
 def test_resume_gives_bitwise_identical_weights(full_run, resumed_run):
     _, full = full_run
     cfg, first, resumed = resumed_run
-    assert first['epoch'] == 1 and resumed['epoch'] == 3
+    assert first['epoch'] == 0 and resumed['epoch'] == 2
     a, b = load(full['model_path']), load(resumed['model_path'])
     assert_same_tensors(a['model'], b['model'])
     assert_same_tensors(a['optimizer'], b['optimizer'])
     assert_same_tensors(a['rng'], b['rng'])
-    assert [line.split()[0] for line in log_lines(cfg)] == ['Epoch-0', 'Epoch-1', 'Epoch-2', 'Epoch-3']
-    assert epochs_on_disk(cfg) == [2, 3]  # the newest two are kept
+    assert [line.split()[0] for line in log_lines(cfg)] == ['Epoch-0', 'Epoch-1', 'Epoch-2']
+    assert epochs_on_disk(cfg) == [1, 2]  # the newest two are kept
 
 
 def test_finished_run_says_complete(resumed_run, data, capsys):
@@ -145,8 +144,8 @@ def test_finished_run_says_complete(resumed_run, data, capsys):
     before = os.path.getmtime(resumed['model_path'])
     again = train.train(cfg, data=data, progress=False)
     assert 'complete' in capsys.readouterr().out
-    assert again['model_path'] == resumed['model_path'] and again['epoch'] == 3
-    assert os.path.getmtime(resumed['model_path']) == before and len(log_lines(cfg)) == 4
+    assert again['model_path'] == resumed['model_path'] and again['epoch'] == 2
+    assert os.path.getmtime(resumed['model_path']) == before and len(log_lines(cfg)) == 3
 
 
 def test_feature_dimension_that_does_not_fit_the_checkpoint(resumed_run):
@@ -161,8 +160,8 @@ def test_empty_training_set(tmp_path):
         train.train(make_cfg(tmp_path), data=empty, progress=False)
 
 
-def test_cli_fresh_restarts(tmp_path, data, monkeypatch, capsys):
-    monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: data)
+def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: make_data(num_windows=3))
     cfg = make_cfg(tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
     argv = ['train.py', '--mode', 'spatial', '--pretrain', 'tiny', '--method', 'main_stream', '--device=cpu',
             '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
@@ -191,30 +190,37 @@ def test_decouple_ssad_trains(tmp_path):
     assert ckpt['method'] == 'decouple_ssad' and len(log_lines(cfg)) == 1
 
 
-LAUNCHED = textwrap.dedent('''
-    import sys
-    import numpy as np
-    sys.path.insert(0, {repo!r})
-    import config, train
-    arrays = np.load({data!r})
-    cfg = config.Config(**{cfg!r})
-    train.train(cfg, data={{key: arrays[key] for key in arrays.files}}, progress=False)
-''')
+def write_dataset(root, data, pretrain):
+    """The arrays of make_data as files: window list, gt.npz and one feature file per window."""
+    num_windows = len(data['features'])
+    starts, videos = np.arange(num_windows) * 128, np.array(['video_validation_0000001'] * num_windows)
+    os.makedirs(root / 'thumos14' / 'val')
+    load_data.write_window_info(str(root / 'thumos14' / 'val' / 'window_info.log'), starts, videos)
+    valid = data['gt_valid']
+    box = np.concatenate([data['gt_box'][valid], np.ones((valid.sum(), 1), np.float32)], 1)
+    load_data.save_gt(str(root / 'thumos14' / 'val' / 'gt.npz'), dict(
+        start=starts, video=videos, offsets=np.concatenate([[0], np.cumsum(valid.sum(1))]),
+        label=data['gt_label'][valid], box=box))
+    folder = root / 'feature' / 'val' / f'temporalDataX{pretrain}'
+    os.makedirs(folder)
+    for i, window in enumerate(data['features']):
+        np.save(folder / f'{i}.npy', window)
+    return [f'--data_dir={root / "thumos14"}', f'--feature_path={root / "feature"}']
 
 
-def test_two_processes_give_the_single_process_weights(tmp_path, full_run, data):
+def test_torchrun_two_processes_give_the_single_process_weights(tmp_path, full_run, data):
     """torchrun on CPU (gloo): each process runs half of every batch; the loss is the whole batch's."""
     full_cfg, _ = full_run
-    np.savez(tmp_path / 'data.npz', **data)
-    cfg = make_cfg(tmp_path, learning_rates=LRS[:2]).to_dict()
-    script = tmp_path / 'launch.py'
-    script.write_text(LAUNCHED.format(repo=os.path.dirname(os.path.abspath(train.__file__)),
-                                      data=str(tmp_path / 'data.npz'), cfg=cfg))
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    paths = write_dataset(tmp_path, data, 'tiny')
+    cfg = make_cfg(tmp_path, pretrain='tiny', learning_rates=LRS[:1])
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+               os.path.abspath(train.__file__), '--mode', 'temporal', '--pretrain', 'tiny', '--method', 'main_stream',
+               '--device=cpu', '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
+               '--num_anchors=4,2,1', f'--models_dir={cfg.models_dir}', f'--logs_dir={cfg.logs_dir}'] + paths
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    two = load(tmp_path / 'models' / 'temporal_UCF101_main_stream' / 'model-ep-1.pt')
-    one = load(os.path.join(config.get_models_dir(full_cfg), 'model-ep-1.pt'))
+    two = load(os.path.join(config.get_models_dir(cfg), 'model-ep-0.pt'))
+    one = load(os.path.join(config.get_models_dir(full_cfg), 'model-ep-0.pt'))
     assert_same_tensors(one['model'], two['model'], exact=False)
-    assert len(log_lines(make_cfg(tmp_path))) == 2
+    assert len(log_lines(cfg)) == 1
