@@ -50,7 +50,8 @@ def reference_post_process(df, cfg, fps_of):
     """SPEC 10 row by row, written for clarity."""
     out = []
     for video in dict.fromkeys(df.video_name):
-        v = df[(df.video_name == video) & (df.score_0 < cfg.filter_neg_threshold) & (df.conf > cfg.filter_conf_threshold)]
+        v = df[(df.video_name == video) & (df.score_0 < cfg.filter_neg_threshold)
+               & (df.conf > cfg.filter_conf_threshold)]
         cands = [[], [], []]
         for _, r in v.iterrows():
             s = [r[f'score_{k}'] / (1 + math.exp(-r.conf)) for k in range(1, 21)]
@@ -126,8 +127,9 @@ def test_all_zero_rest_gives_lowest_zero_class_with_score_zero():
     # Only class 3 is non-zero: the 2nd and 3rd candidates are class 1 (index 0 of the
     # zeroed scores) with score 0; NMS then keeps one of the two identical boxes.
     det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 3: 0.5})]), C.Config())
-    assert lines(det) == sorted([P.RESULT_FORMAT.strip() % ('video_test_0000004', 1.0, 3.0, 12, 0.5 / (1 + math.exp(-0.5))),
-                                 P.RESULT_FORMAT.strip() % ('video_test_0000004', 1.0, 3.0, 7, 0.0)])
+    fmt = P.RESULT_FORMAT.strip()
+    assert lines(det) == sorted([fmt % ('video_test_0000004', 1.0, 3.0, 12, 0.5 / (1 + math.exp(-0.5))),
+                                 fmt % ('video_test_0000004', 1.0, 3.0, 7, 0.0)])
     # Class 1 itself is the top class: the zeroed class 1 is picked again with score 0,
     # and NMS keeps the scored one.
     det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 1: 0.3, 5: 0.2})]), C.Config())
