@@ -295,6 +295,9 @@ def _allowed_globals():
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         allowed[(module, '_reconstruct')] = multiarray._reconstruct
         allowed[(module, 'scalar')] = multiarray.scalar
+    numeric = np._core.numeric if hasattr(np, '_core') else np.core.numeric
+    for module in ('numpy.core.numeric', 'numpy._core.numeric'):   # arrays in pickle protocol 5
+        allowed[(module, '_frombuffer')] = numeric._frombuffer
     allowed[('numpy', 'ndarray')] = np.ndarray
     allowed[('numpy', 'dtype')] = np.dtype
     for name in dir(np.dtypes):   # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType etc.
