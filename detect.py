@@ -33,7 +33,8 @@ import postprocess
 from config import Config, apply_overrides, parse_config
 from data import extract_features as ef
 from fileio import atomic_open, atomic_path
-from operations import load_model, predict
+from operations import load_model
+from test import predict_windows
 
 SPLIT = 'detect'   # feature folder of the videos given to detect.py
 
@@ -69,23 +70,6 @@ def load_stream(path, cfg, feature_dim, device):
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     return model.eval()
-
-
-def predict_stream(model, features, starts, videos, cfg):
-    """Predictions table (SPEC 2 columns) of every window, once each (SPEC 9)."""
-    device = next(model.parameters()).device
-    parts = []
-    with torch.inference_mode():
-        for i in range(0, len(features), cfg.batch_size):
-            x = torch.as_tensor(np.asarray(features[i:i + cfg.batch_size]), dtype=torch.float32, device=device)
-            parts.append({k: v.float().cpu().numpy() for k, v in predict(model(x), cfg).items()})
-    p = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
-    w, a = p['conf'].shape
-    start = np.repeat(np.asarray(starts, np.int64), a)
-    clip = lambda v: np.clip(v.reshape(-1) * cfg.window_size, 0, cfg.window_size) + start  # noqa: E731
-    return postprocess.predictions_frame(dict(
-        video_name=np.repeat(np.asarray(videos, dtype=object), a), start=start, conf=p['conf'].reshape(-1),
-        xmin=clip(p['xmin']), xmax=clip(p['xmax']), scores=p['class_prob'].reshape(w * a, -1)))
 
 
 def detections_json(det, name, info, streams, checkpoints):
@@ -175,7 +159,7 @@ def main(argv=None):
         starts, videos = load_data.make_windows(anno, False, scfg)
         feats = load_data.load_features(scfg, SPLIT, starts, videos, mode=mode,
                                         folder=ef.feature_dir(feat_root, SPLIT, mode, pretrain))
-        preds[mode] = predict_stream(model, feats, starts, videos, scfg)
+        preds[mode] = predict_windows(model, feats, starts, videos, scfg)
         postprocess.write_predictions(os.path.join(out, f'predict_{mode}.csv'), preds[mode])
         print(f'{mode}: {len(starts)} windows predicted with {ckpt_path}')
 
