@@ -117,7 +117,8 @@ def main(argv=None):
                         help='model checkpoint (the temporal stream when --checkpoint-spatial is given)')
     parser.add_argument('--checkpoint-spatial', default=None, help='spatial-stream checkpoint: fuse both streams')
     parser.add_argument('--out', default=None, help='output folder (default results/detect/<video>)')
-    parser.add_argument('--pretrain', default=None, help='feature folder name <mode>DataX<pretrain> (default: backbone)')
+    parser.add_argument('--pretrain', default=None,
+                        help='feature folder name <mode>DataX<pretrain> (default: backbone)')
     ef.add_backbone_args(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg0, args = parse_config(parser, argv)

@@ -304,7 +304,8 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, 
         if bar is not None:
             bar.close()
         if n < 4:
-            raise VideoError(f'{path}: {n} frames decoded, a step needs 4' if n else f'{path}: no frame could be decoded')
+            raise VideoError(f'{path}: {n} frames decoded, a step needs 4' if n
+                             else f'{path}: no frame could be decoded')
         compute_flows()
         for t in range(t, n // 4):
             yield make_step(t, n - 2)
