@@ -106,7 +106,10 @@ def default_boxes(cfg, device=None):
     check_anchor_config(cfg)
     key = (tuple(cfg.num_anchors), tuple(cfg.scale), tuple(cfg.aspect_ratios), str(device))
     if key not in _BOXES:
-        _BOXES[key] = _default_boxes(cfg, device)
+        # Built outside inference mode: the cache is shared with training, and autograd
+        # refuses tensors that were created under torch.inference_mode().
+        with torch.inference_mode(False):
+            _BOXES[key] = _default_boxes(cfg, device)
     return _BOXES[key]
 
 

@@ -311,3 +311,15 @@ def test_decouple_loss_combination():
     torch.testing.assert_close(terms['loc'], (ml + 2 * bl) / 3)
     torch.testing.assert_close(terms['conf'], bf)
     torch.testing.assert_close(loss, terms['class'] + 10 * terms['loc'] + 10 * terms['conf'])
+
+
+def test_default_boxes_made_in_inference_mode_still_train():
+    # test.py predicts under inference_mode; a later training step in the same process
+    # must still be able to back-propagate through the cached default boxes.
+    cfg = Config(num_anchors=(16, 8, 4), scale=(1 / 16, 1 / 8, 1 / 4), aspect_ratios=(0.5, 0.9, 1.7))
+    with torch.inference_mode():
+        ops.default_boxes(cfg, 'cpu')
+    raw = torch.zeros(2, (16 + 8 + 4) * 3, 24, requires_grad=True)
+    centre, width = ops.decode(raw, cfg)
+    (centre.sum() + width.sum()).backward()
+    assert raw.grad[..., -2:].abs().sum() > 0
