@@ -73,6 +73,7 @@ class Config:
     device: str = 'auto'               # auto | cpu | cuda | cuda:1 ...
     bf16: bool = False                 # improvement: bf16 autocast (fp32 is what the paper used)
     compile: bool = False              # improvement: torch.compile the model
+    tf32: bool = False                 # improvement: TF32 matmuls / convolutions on NVIDIA GPUs
     feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16)
 
     # --- post-processing and fusion ---
