@@ -122,7 +122,20 @@ def set_rng_state(state, generator):
     npy = state['numpy']
     np.random.set_state((npy['kind'], npy['keys'].numpy().astype(np.uint32), npy['pos'],
                          npy['has_gauss'], npy['cached_gaussian']))
-    generator.set_state(state['loss_generator'])
+    try:
+        generator.set_state(state['loss_generator'])
+    except RuntimeError:  # saved on another device type (CPU <-> CUDA generators differ): not exact anyway
+        print('note: the checkpoint\'s easy-negative RNG state is of another device; drawing from a new seed')
+        generator.manual_seed(int(torch.randint(2 ** 62, (1,)).item()))
+
+
+def save_checkpoint(path, keep, state):
+    """Write atomically, then delete all but the newest `keep` checkpoints of the folder (0 keeps all)."""
+    with fileio.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    if keep > 0:
+        for _, old in list_checkpoints(os.path.dirname(path))[:-keep]:
+            os.remove(old)
 
 
 def keep_log_lines(log_path, last_epoch):
@@ -199,6 +212,11 @@ def _train(cfg, fresh, data, progress, device, rank, world):
             raise SystemExit(f'error: checkpoint {path} was trained on features of dimension '
                              f'{ckpt.get("feature_dim")}, but the features of {cfg.mode}/{cfg.pretrain} have '
                              f'dimension {feature_dim}; rerun with --fresh to start over')
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get('config', {}).items()}
+        changed = [k for k, v in cfg.to_dict().items() if k != 'learning_rates' and k in saved and saved[k] != v]
+        if changed and master:
+            print(f'note: resuming {path} with changed settings: ' +
+                  ', '.join(f'{k} {saved[k]!r} -> {getattr(cfg, k)!r}' for k in changed))
         if ckpt['epoch'] + 1 >= cfg.training_epochs:
             if master:
                 print(f'{cfg.run_name}: training is complete ({ckpt["epoch"] + 1} epochs, '
@@ -291,14 +309,13 @@ def _train(cfg, fresh, data, progress, device, rank, world):
 
         path = os.path.join(run_dir, f'model-ep-{epoch}.pt')
         if master:
-            ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
+            # Writing a large model takes a while: checkpoint_every > 1 skips some (never the last).
+            every = max(1, int(getattr(cfg, 'checkpoint_every', 1)))
+            if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
+                save_checkpoint(path, cfg.keep_checkpoints, {
+                    'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
                     'method': cfg.method, 'feature_dim': feature_dim, 'config': cfg.to_dict(),
-                    'losses': losses, 'rng': rng_state(generator)}
-            with fileio.atomic_path(path) as tmp:
-                torch.save(ckpt, tmp)
-            if cfg.keep_checkpoints > 0:
-                for _, old in list_checkpoints(run_dir)[:-cfg.keep_checkpoints]:
-                    os.remove(old)
+                    'losses': losses, 'rng': rng_state(generator)})
             line = log_line(epoch, losses)
             with open(log_path, 'a') as f:
                 f.write(line + '\n')
