@@ -65,10 +65,9 @@ def setup_device(cfg):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
         # TF32 changes results in the 3rd-4th digit; fp32 is what the paper used.
-        tf32 = bool(getattr(cfg, 'tf32', False))
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.set_float32_matmul_precision('high' if tf32 else 'highest')
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.set_float32_matmul_precision('high' if cfg.tf32 else 'highest')
     return device, rank, world, started
 
 
