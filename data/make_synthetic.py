@@ -39,8 +39,8 @@ import load_data  # noqa: E402
 from config import CLASS_NAME_OF_ID, CLASS_REAL, parse_config  # noqa: E402
 
 SIZES = {  # windows (train, test), feature dim, video length range (frames), classes per video
-    'demo': dict(train_windows=200, test_windows=150, dim=64, length=(800, 2000), classes=(2, 3)),
-    'full': dict(train_windows=4741, test_windows=5103, dim=2048, length=(1500, 15000), classes=(1, 2)),
+    'demo': dict(train_windows=200, test_windows=150, dim=64, length=(800, 2000), classes=(2, 3), density=2.5),
+    'full': dict(train_windows=4741, test_windows=5103, dim=2048, length=(1500, 15000), classes=(1, 2), density=1.0),
 }
 # Median instance length per class id, frames at 30 fps (roughly those of THUMOS14 val).
 MEDIAN_FRAMES = {7: 100, 9: 50, 12: 100, 21: 290, 22: 80, 23: 30, 24: 30, 26: 70, 31: 50, 33: 160, 36: 200,
@@ -111,7 +111,7 @@ def make_split(rng, split, target, spec, names, cfg):
         classes = order[(j + np.arange(k)) % len(order)]     # round robin: every class turns up
         j += k
         frame_num = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        video = new_video(frame_num, random_instances(rng, frame_num, classes))
+        video = new_video(frame_num, random_instances(rng, frame_num, classes, spec['density']))
         count = window_count(videos + [video], training, cfg) - total
         if total + count > target - 8 or len(videos) >= len(names) - 40:
             break
@@ -176,7 +176,7 @@ def stream_params(rng, dim, num_streams=2):
     for group in RELATED:   # related classes share a common part of their direction
         common = unit(1)[0]
         for cid in group:
-            mixed = 0.6 * common + 0.8 * cls[cid]
+            mixed = 0.5 * common + 0.866 * cls[cid]
             cls[cid] = mixed / np.linalg.norm(mixed)
     action, start, end, drift = unit(4)
     # Per class, one stream strong and the other weaker (which one varies by class).
@@ -184,7 +184,7 @@ def stream_params(rng, dim, num_streams=2):
     streams = []
     for m in range(num_streams):
         w = share if m == 0 else 1 - share
-        streams.append(dict(cls={cid: cls[cid] * (1.2 + 4.0 * w[k]) for k, cid in enumerate(CLASS_REAL[1:])},
+        streams.append(dict(cls={cid: cls[cid] * (2.0 + 4.0 * w[k]) for k, cid in enumerate(CLASS_REAL[1:])},
                             action=action * (1.2 if m == 0 else 0.8), start=start * (2.5 if m == 0 else 1.8),
                             end=end * (2.5 if m == 0 else 1.8), drift=drift, noise=1.0 if m == 0 else 1.2))
     return streams
