@@ -124,7 +124,8 @@ def make_gt(anno_df, starts, videos, cfg):
     hi = np.searchsorted(inst_video, videos, side='right')
     per_window = hi - lo
     win = np.repeat(np.arange(len(starts)), per_window)
-    inst = order[np.repeat(lo, per_window) + np.arange(per_window.sum()) - np.repeat(np.cumsum(per_window) - per_window, per_window)]
+    rank = np.arange(per_window.sum()) - np.repeat(np.cumsum(per_window) - per_window, per_window)
+    inst = order[lo[win] + rank]
     s = anno['startFrame'].to_numpy(np.float64)[inst]
     e = anno['endFrame'].to_numpy(np.float64)[inst]
     w0 = starts[win].astype(np.float64)
@@ -358,14 +359,15 @@ def load_released_gt(window_info_path, gt_info_path, gt_label_path):
 
 # --- features ---
 
-def _check_array(a, path, shape_tail=None):
+def _check_array(a, path, shape=None):
+    """Features must be floating point; `shape` (None entries = any) or else [W, steps, D]."""
     if a.dtype.kind != 'f':
         raise ValueError(f'{path}: features must be floating point, got dtype {a.dtype}')
-    if a.ndim != (3 if shape_tail is None else 2) and shape_tail is None:
-        raise ValueError(f'{path}: expected a [W, 128, D] array, got shape {a.shape}')
-    if shape_tail is not None and (a.ndim != 2 or (shape_tail[0] and a.shape[0] != shape_tail[0])
-                                   or (shape_tail[1] and a.shape[1] != shape_tail[1])):
-        want = ', '.join(str(n) if n else '?' for n in shape_tail)
+    if shape is None:
+        if a.ndim != 3:
+            raise ValueError(f'{path}: expected a [W, 128, D] array, got shape {list(a.shape)}')
+    elif a.ndim != len(shape) or any(n is not None and n != m for n, m in zip(shape, a.shape)):
+        want = ', '.join('?' if n is None else str(n) for n in shape)
         raise ValueError(f'{path}: expected shape [{want}], got {list(a.shape)}')
 
 
@@ -456,7 +458,7 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
     for video in np.unique(sel_videos):
         path = os.path.join(folder, f'{video}.npy')
         a = _load_npy(path, mmap=True)
-        _check_array(a, path, (0, dim))
+        _check_array(a, path, (None, dim))
         if out is None:
             dim = a.shape[1]
             out = np.empty((len(indices), steps, dim), dtype)

@@ -39,7 +39,7 @@ def pack(folder, out=None, dtype='float32', steps=128):
     out = out or os.path.join(folder, PACKED_NAME)
     n = count_windows(folder)
     first = _load_npy(os.path.join(folder, '0.npy'))
-    _check_array(first, os.path.join(folder, '0.npy'), (steps, 0))
+    _check_array(first, os.path.join(folder, '0.npy'), (steps, None))
     shape = (n, steps, first.shape[1])
     with atomic_path(out) as tmp:
         packed = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.dtype(dtype), shape=shape)

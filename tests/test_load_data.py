@@ -338,3 +338,16 @@ def test_video_fps(tmp_path):
     path.write_text('video,fps\nvideo_x,25\nvideo_y,fast\n')
     with pytest.raises(ValueError, match=r'fps\.csv:3'):
         load_data.video_fps(Config(fps_file=str(path)))
+
+
+def test_pack_refuses_gaps_and_bad_files(tmp_path):
+    for i in (0, 2):
+        np.save(tmp_path / f'{i}.npy', np.zeros((128, 4)))
+    with pytest.raises(ValueError, match=r'2\.npy: window files are not numbered 0\.\.N-1'):
+        pack(str(tmp_path))
+    np.save(tmp_path / '1.npy', np.full((128, 4), np.inf))
+    with pytest.raises(ValueError, match=r'1\.npy: NaN or inf'):
+        pack(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['0.npy', '1.npy', '2.npy']    # nothing half-written
+    run = subprocess.run([sys.executable, 'data/pack_features.py', str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0 and '1.npy: NaN or inf' in run.stderr
