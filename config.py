@@ -55,6 +55,8 @@ class Config:
     num_anchors: tuple = (16, 8, 4)    # positions per anchor layer
     scale: tuple = (1 / 16, 1 / 8, 1 / 4)
     aspect_ratios: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)
+    base_width: int = 512              # filters of the base layers (smaller only for quick demos)
+    anchor_width: int = 1024           # filters of the anchor layers and branches (likewise)
     identical_kernel_init: bool = True  # release quirk: same-shaped kernels start equal; False = independent draws
 
     # --- training ---

@@ -17,16 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from main_stream import ANCHOR_WIDTH, MainStream, predict_layer
+from main_stream import MainStream, predict_layer
 from operations import Conv1dSame, init_weights, scope
 
 BRANCHES = ('ProposalBranch', 'ClassificationBranch')
 
 
-def branch_anchor_layer():
+def branch_anchor_layer(width):
     """Layers of one branch, named in the release's construction order."""
-    conv = {f'conv1d{"" if i == 0 else f"_{i}"}': Conv1dSame(ANCHOR_WIDTH, ANCHOR_WIDTH, 3) for i in range(9)}
-    up = {name: nn.ConvTranspose1d(ANCHOR_WIDTH, ANCHOR_WIDTH, 4, stride=2, padding=1)
+    conv = {f'conv1d{"" if i == 0 else f"_{i}"}': Conv1dSame(width, width, 3) for i in range(9)}
+    up = {name: nn.ConvTranspose1d(width, width, 4, stride=2, padding=1)
           for name in ('conv2d_transpose', 'conv2d_transpose_1')}
     order = ['conv1d', 'conv1d_1', 'conv1d_2', 'conv2d_transpose', 'conv1d_3', 'conv1d_4', 'conv1d_5',
              'conv2d_transpose_1', 'conv1d_6', 'conv1d_7', 'conv1d_8']
@@ -57,13 +57,14 @@ class DecoupleSSAD(MainStream):
     def add_heads(self):
         # the release's graph order: branches, then the three heads of each anchor layer together
         for branch in BRANCHES:
-            self.add_module(f'branch_anchor_layer{branch}', branch_anchor_layer())
+            self.add_module(f'branch_anchor_layer{branch}', branch_anchor_layer(self.width))
         for name in self.layers_name:
             self.add_module(f'mulClsReg_predict_layer{name}mainStream',
-                            predict_layer(self.num_classes + 3, self.num_boxes))
-            self.add_module(f'biClsReg_predict_layer{name}ProposalBranch', predict_layer(1 + 3, self.num_boxes))
+                            predict_layer(self.width, self.num_classes + 3, self.num_boxes))
+            self.add_module(f'biClsReg_predict_layer{name}ProposalBranch',
+                            predict_layer(self.width, 1 + 3, self.num_boxes))
             self.add_module(f'mulClsReg_predict_layer{name}ClassificationBranch',
-                            predict_layer(self.num_classes + 3, self.num_boxes))
+                            predict_layer(self.width, self.num_classes + 3, self.num_boxes))
 
     def forward(self, x):
         mals = self.main_anchor_layers(x)

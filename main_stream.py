@@ -11,13 +11,10 @@ import torch.nn.functional as F
 
 from operations import Conv1dSame, check_anchor_config, init_weights, max_pool_same, scope
 
-BASE_WIDTH = 512      # base layers
-ANCHOR_WIDTH = 1024   # anchor layers
 
-
-def predict_layer(channels_per_box, num_boxes):
+def predict_layer(width, channels_per_box, num_boxes):
     """A prediction head: conv k3 stride 1, no activation, channels_per_box per default box."""
-    return scope(conv1d=Conv1dSame(ANCHOR_WIDTH, num_boxes * channels_per_box, 3))
+    return scope(conv1d=Conv1dSame(width, num_boxes * channels_per_box, 3))
 
 
 class MainStream(nn.Module):
@@ -30,13 +27,15 @@ class MainStream(nn.Module):
         self.num_classes = cfg.num_classes
         self.num_boxes = len(cfg.aspect_ratios)
         self.layers_name = tuple(cfg.layers_name)
+        base, width = cfg.base_width, cfg.anchor_width   # 512 and 1024 as released
+        self.width = width
         self.base_feature_network = scope(
-            conv1d=Conv1dSame(feature_dim, BASE_WIDTH, 9),
-            conv1d_1=Conv1dSame(BASE_WIDTH, BASE_WIDTH, 9))
+            conv1d=Conv1dSame(feature_dim, base, 9),
+            conv1d_1=Conv1dSame(base, base, 9))
         self.main_anchor_layer = scope(
-            conv1d=Conv1dSame(BASE_WIDTH, ANCHOR_WIDTH, 3, stride=2),
-            conv1d_1=Conv1dSame(ANCHOR_WIDTH, ANCHOR_WIDTH, 3, stride=2),
-            conv1d_2=Conv1dSame(ANCHOR_WIDTH, ANCHOR_WIDTH, 3, stride=2))
+            conv1d=Conv1dSame(base, width, 3, stride=2),
+            conv1d_1=Conv1dSame(width, width, 3, stride=2),
+            conv1d_2=Conv1dSame(width, width, 3, stride=2))
         self.add_heads()
         if init:
             init_weights(self, cfg.seed, cfg.identical_kernel_init)
@@ -44,13 +43,13 @@ class MainStream(nn.Module):
     def add_heads(self):
         for name in self.layers_name:
             self.add_module(f'mulClsReg_predict_layer{name}mainStream',
-                            predict_layer(self.num_classes + 3, self.num_boxes))
+                            predict_layer(self.width, self.num_classes + 3, self.num_boxes))
 
     def heads(self, kind, stream):
         return [getattr(self, f'{kind}_predict_layer{name}{stream}') for name in self.layers_name]
 
     def base(self, x):
-        """[B, steps, D] features -> [B, 512, steps / 4] (channels first from here on)."""
+        """[B, steps, D] features -> [B, base_width, steps / 4] (channels first from here on)."""
         if x.ndim != 3 or x.shape[1] != self.input_steps or x.shape[2] != self.feature_dim:
             raise ValueError(f'expected features [B, {self.input_steps}, {self.feature_dim}], '
                              f'got {list(x.shape)}')
@@ -59,7 +58,7 @@ class MainStream(nn.Module):
         return max_pool_same(F.relu(b.conv1d_1(x)), 4, 2)
 
     def main_anchor_layers(self, x):
-        """[MAL1, MAL2, MAL3], [B, 1024, L] with L = 16, 8, 4."""
+        """[MAL1, MAL2, MAL3], [B, anchor_width, L] with L = 16, 8, 4."""
         layers = []
         x = self.base(x)
         for conv in self.main_anchor_layer.values():

@@ -292,7 +292,8 @@ def build_model(cfg, feature_dim):
     raise ValueError(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
 
 
-ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps')
+ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps',
+                 'base_width', 'anchor_width')
 
 
 def load_model(path, cfg, device='cpu', feature_dim=None):

@@ -158,3 +158,19 @@ def test_main_stream_gradients(main_stream):
     for layer in cfg.layers_name:
         assert (head_grads(main_stream, f'mulClsReg_predict_layer{layer}mainStream', 24) > 0).all()
     main_stream.zero_grad()
+
+
+def test_narrow_networks_for_quick_runs(tmp_path):
+    # base_width / anchor_width shrink the network (the demo uses this); the output layout
+    # stays that of the paper, and a checkpoint of one width is refused by a config of another.
+    cfg = Config(method='decouple_ssad', base_width=32, anchor_width=48)
+    model = ops.build_model(cfg, SMALL_D)
+    out = model(torch.randn(2, 128, SMALL_D))
+    assert out['classification'].shape == (2, 140, 24) and out['localization'].shape == (2, 140, 4)
+    assert model.main_anchor_layer.conv1d.weight.shape == (48, 32, 3)
+    path = tmp_path / 'narrow.pt'
+    torch.save({'model': model.state_dict(), 'method': cfg.method, 'feature_dim': SMALL_D,
+                'config': cfg.to_dict(), 'epoch': 0}, path)
+    ops.load_model(path, cfg)
+    with pytest.raises(ValueError, match='anchor_width'):
+        ops.load_model(path, Config(method='decouple_ssad', base_width=32))
