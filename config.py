@@ -157,15 +157,27 @@ def _convert(name, default, text):
 
 
 def apply_overrides(cfg, overrides):
-    """Apply ``['--key=value', ...]`` to a Config; an unknown key lists the valid ones."""
+    """Apply ``['--key=value', ...]`` to a Config; an unknown key lists the valid ones.
+
+    ``--key value`` works too, and a bare ``--flag`` sets a boolean field to True.
+    """
     valid = {f.name: f for f in fields(cfg)}
-    for arg in overrides:
-        if not arg.startswith('--') or '=' not in arg:
+    args = list(overrides)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith('--') or arg == '--':
             raise SystemExit(f'error: unrecognised argument {arg!r}; config overrides are written --key=value')
-        key, text = arg[2:].split('=', 1)
+        key, has_value, text = arg[2:].partition('=')
         key = key.replace('-', '_')
         if key not in valid:
             raise SystemExit(f'error: unknown config key {key!r}. Valid keys:\n  ' + '\n  '.join(sorted(valid)))
+        if not has_value:
+            if isinstance(getattr(cfg, key), bool) and (not args or args[0].startswith('--')):
+                text = 'true'
+            elif args and not args[0].startswith('--'):
+                text = args.pop(0)
+            else:
+                raise SystemExit(f'error: --{key} needs a value: --{key}=VALUE')
         setattr(cfg, key, _convert(key, getattr(cfg, key), text))
     check_config(cfg)
     return cfg

@@ -35,6 +35,8 @@ def test_overrides_are_typed():
     assert cfg.batch_size == 8 and cfg.bf16 is True and cfg.mode == 'spatial'
     assert cfg.learning_rates == (1e-3, 1e-4) and cfg.training_epochs == 2
     assert cfg.nms_threshold == 0.3
+    cfg = apply_overrides(Config(), ['--device', 'cpu', '--compile', '--batch-size', '16'])
+    assert cfg.device == 'cpu' and cfg.compile is True and cfg.batch_size == 16
 
 
 @pytest.mark.parametrize('arg, words', [
@@ -44,6 +46,7 @@ def test_overrides_are_typed():
     ('--method=ssd', ['method']),
     ('--num_anchors=16,8', ['num_anchors']),
     ('batch_size=3', ['--key=value']),
+    ('--seed', ['--seed=VALUE']),
 ])
 def test_bad_overrides_are_clear_errors(arg, words):
     with pytest.raises(SystemExit) as err:
