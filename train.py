@@ -255,8 +255,10 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     model = raw_model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    loss_fn = operations.compute_loss
     if cfg.compile:
-        model = torch.compile(model)
+        # The loss too: matching and mining are many small kernels that fusion makes few.
+        model, loss_fn = torch.compile(model), torch.compile(loss_fn)
 
     def forward_loss(idx):
         """Loss of the batch `idx` (device tensor of window indices); this rank runs its slice of it."""
@@ -272,8 +274,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         outputs = tree_map(lambda t: t.float(), outputs)  # matching and loss in fp32
         if world > 1:
             outputs = gather_batch(outputs, n)
-        return operations.compute_loss(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg,
-                                       generator=generator)
+        return loss_fn(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg, generator=generator)
 
     # ---- epochs ----
     result = None
