@@ -534,6 +534,7 @@ def main(argv=None):
     parser.add_argument('--json', default=None, help='write APs and mAPs here')
     parser.add_argument('--plot-pr', default=None, help='write per-class precision-recall curves (PNG)')
     parser.add_argument('--pr-threshold', type=float, default=0.5, help='tIoU of the --plot-pr curves')
+    parser.add_argument('--summary', action='store_true', help='print only the mAP rows, not the per-class table')
     cfg, args = config.parse_config(parser, argv)
     gt_dir = args.gt or cfg.eval_gt_dir
     for path in (args.json, args.plot_pr):
@@ -550,7 +551,8 @@ def main(argv=None):
     print(f'result: {args.result}  ground truth: {gt_dir} ({args.subset})')
     for res in results.values():
         print()
-        print(format_table(res))
+        table = format_table(res)
+        print('\n'.join(table.splitlines()[:3] + table.splitlines()[-2:]) if args.summary else table)
     if args.json:
         write_json(results, args.json)
         print(f'\nwrote {args.json}')

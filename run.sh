@@ -81,7 +81,7 @@ if [[ $stage == fuse || $stage == train_test_fuse ]]; then
         result="results/result_${mode}_${pretrain}_${method}.txt"
         if [[ -f $result ]]; then
             echo "run.sh: $mode stream alone:"
-            $PYTHON evaluate.py "$result" "${overrides[@]}" || exit 1
+            $PYTHON evaluate.py "$result" --summary "${overrides[@]}" || exit 1
         fi
     done
     echo "run.sh: two-stream fusion, $fused:"

@@ -287,3 +287,12 @@ def test_anet_matches_plain_loop(tmp_path):
     for t, thr in enumerate([0.3, 0.5, 0.7]):
         for cid in (7, 9):
             assert res['per_class'][cid][t] == pytest.approx(anet_reference(det, gt_rows, thr, cid), abs=1e-12)
+
+
+def test_cli_summary_prints_only_the_map_rows(shared, capsys):
+    import evaluate
+    evaluate.main([str(shared / 'eval_vectors' / 'c_ties.txt'), '--gt', str(shared / 'eval_annotation'),
+                   '--summary'])
+    out = capsys.readouterr().out
+    assert 'mAP avg 0.3:0.1:0.7' in out and '\nmAP ' in out
+    assert 'BaseballPitch' not in out
