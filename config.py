@@ -72,6 +72,7 @@ class Config:
     released_batching: bool = False    # True = the release's exact-48 batches (drops / repeats windows)
     small_num_data_for_test: bool = False  # release switch: train and test on one batch of windows
     keep_checkpoints: int = 2          # newest checkpoints kept in models/<run>/
+    checkpoint_every: int = 1          # epochs between checkpoints (the last epoch is always saved)
     device: str = 'auto'               # auto | cpu | cuda | cuda:1 ...
     bf16: bool = False                 # improvement: bf16 autocast (fp32 is what the paper used)
     compile: bool = False              # improvement: torch.compile the model

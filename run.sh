@@ -9,11 +9,12 @@
 #   --key=value  config overrides passed to every script (see config.py)
 #
 # With two or more GPUs the two streams run in parallel, one GPU each; with one
-# GPU or none they run one after the other. Each stream's console output goes
-# to logs/<mode>_<pretrain>_<method>.out; the per-epoch loss lines to
-# logs/<mode>_<pretrain>_<method>.log.
+# GPU or none they run one after the other. Outputs go to models/, results/ and
+# logs/ in the current folder (or --models_dir=, --results_dir=, --logs_dir=):
+# each stream's console output to logs/<mode>_<pretrain>_<method>.out, its
+# per-epoch loss lines to logs/<mode>_<pretrain>_<method>.log.
 set -uo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 
 stage=${1:-train_test_fuse}
 pretrain=${2:-UCF101}
@@ -28,7 +29,15 @@ case $method in decouple_ssad|main_stream) ;; *)
     echo "run.sh: unknown method '$method' (decouple_ssad | main_stream)" >&2; exit 2 ;;
 esac
 
-mkdir -p logs results models
+results=results; logs=logs; models=models
+for arg in "${overrides[@]}"; do
+    case $arg in
+        --results_dir=*) results=${arg#*=} ;;
+        --logs_dir=*) logs=${arg#*=} ;;
+        --models_dir=*) models=${arg#*=} ;;
+    esac
+done
+mkdir -p "$logs" "$results" "$models"
 SECONDS=0
 echo "run.sh: stage=$stage pretrain=$pretrain method=$method ${overrides[*]:-}"
 
@@ -37,10 +46,10 @@ run_stream() {
     local mode=$1
     local args=(--mode "$mode" --pretrain "$pretrain" --method "$method" "${overrides[@]}")
     if [[ $stage == train || $stage == train_test_fuse ]]; then
-        $PYTHON -u train.py "${args[@]}" || return 1
+        $PYTHON -u "$here/train.py" "${args[@]}" || return 1
     fi
     if [[ $stage == test || $stage == train_test_fuse ]]; then
-        $PYTHON -u test.py "${args[@]}" || return 1
+        $PYTHON -u "$here/test.py" "${args[@]}" || return 1
     fi
 }
 
@@ -49,25 +58,25 @@ if [[ $stage != fuse ]]; then
     declare -A status
     if (( gpus >= 2 )); then
         echo "run.sh: $gpus GPUs: temporal on GPU 0 and spatial on GPU 1, in parallel"
-        CUDA_VISIBLE_DEVICES=0 run_stream temporal > "logs/temporal_${pretrain}_${method}.out" 2>&1 &
+        CUDA_VISIBLE_DEVICES=0 run_stream temporal > "$logs/temporal_${pretrain}_${method}.out" 2>&1 &
         pid_temporal=$!
-        CUDA_VISIBLE_DEVICES=1 run_stream spatial > "logs/spatial_${pretrain}_${method}.out" 2>&1 &
+        CUDA_VISIBLE_DEVICES=1 run_stream spatial > "$logs/spatial_${pretrain}_${method}.out" 2>&1 &
         pid_spatial=$!
         wait $pid_temporal; status[temporal]=$?
         wait $pid_spatial; status[spatial]=$?
     else
         echo "run.sh: ${gpus} GPU(s): the two streams one after the other"
         for mode in temporal spatial; do
-            echo "run.sh: $mode stream (console output in logs/${mode}_${pretrain}_${method}.out)"
-            run_stream $mode 2>&1 | tee "logs/${mode}_${pretrain}_${method}.out"
+            echo "run.sh: $mode stream (console output in $logs/${mode}_${pretrain}_${method}.out)"
+            run_stream $mode 2>&1 | tee "$logs/${mode}_${pretrain}_${method}.out"
             status[$mode]=${PIPESTATUS[0]}
             (( status[$mode] == 0 )) || break
         done
     fi
     for mode in temporal spatial; do
         if [[ ${status[$mode]:-1} != 0 ]]; then
-            echo "run.sh: the $mode stream failed (exit ${status[$mode]:-not run}); see logs/${mode}_${pretrain}_${method}.out. Nothing was fused." >&2
-            tail -n 15 "logs/${mode}_${pretrain}_${method}.out" >&2 2>/dev/null
+            echo "run.sh: the $mode stream failed (exit ${status[$mode]:-not run}); see $logs/${mode}_${pretrain}_${method}.out. Nothing was fused." >&2
+            tail -n 15 "$logs/${mode}_${pretrain}_${method}.out" >&2 2>/dev/null
             exit 1
         fi
     done
@@ -75,17 +84,17 @@ fi
 
 if [[ $stage == fuse || $stage == train_test_fuse ]]; then
     echo "run.sh: fusing the two streams"
-    $PYTHON -u fuse.py --pretrain "$pretrain" --method "$method" "${overrides[@]}" || exit 1
-    fused="results/result_fuse_${pretrain}_${method}.txt"
+    $PYTHON -u "$here/fuse.py" --pretrain "$pretrain" --method "$method" "${overrides[@]}" || exit 1
+    fused="$results/result_fuse_${pretrain}_${method}.txt"
     for mode in temporal spatial; do
-        result="results/result_${mode}_${pretrain}_${method}.txt"
+        result="$results/result_${mode}_${pretrain}_${method}.txt"
         if [[ -f $result ]]; then
             echo "run.sh: $mode stream alone:"
-            $PYTHON evaluate.py "$result" --summary "${overrides[@]}" || exit 1
+            $PYTHON "$here/evaluate.py" "$result" --summary "${overrides[@]}" || exit 1
         fi
     done
     echo "run.sh: two-stream fusion, $fused:"
-    $PYTHON evaluate.py "$fused" --json "results/eval_fuse_${pretrain}_${method}.json" "${overrides[@]}" || exit 1
+    $PYTHON "$here/evaluate.py" "$fused" --json "$results/eval_fuse_${pretrain}_${method}.json" "${overrides[@]}" || exit 1
 fi
 
 echo "run.sh: $((SECONDS / 60)) minutes and $((SECONDS % 60)) seconds elapsed."

@@ -312,7 +312,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         path = os.path.join(run_dir, f'model-ep-{epoch}.pt')
         if master:
             # Writing a large model takes a while: checkpoint_every > 1 skips some (never the last).
-            every = max(1, int(getattr(cfg, 'checkpoint_every', 1)))
+            every = max(1, cfg.checkpoint_every)
             if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
                 save_checkpoint(path, cfg.keep_checkpoints, {
                     'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
