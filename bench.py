@@ -34,8 +34,9 @@ VARIANTS = {'fp32': {}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
 
 def synthetic_set(num_windows, dim, cfg, device, seed=0):
     """Random features on the device and 1-3 random ground-truth boxes per window."""
+    features = torch.randn(num_windows, cfg.input_steps, dim, device=device,
+                           generator=torch.Generator(device).manual_seed(seed))
     g = torch.Generator().manual_seed(seed)
-    features = torch.randn(num_windows, cfg.input_steps, dim, generator=g).to(device)
     m = 3
     start = torch.rand(num_windows, m, generator=g) * 0.8
     length = 0.02 + torch.rand(num_windows, m, generator=g) * 0.3
