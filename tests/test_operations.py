@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import operations as ops
 from config import Config
@@ -323,3 +324,18 @@ def test_default_boxes_made_in_inference_mode_still_train():
     centre, width = ops.decode(raw, cfg)
     (centre.sum() + width.sum()).backward()
     assert raw.grad[..., -2:].abs().sum() > 0
+
+
+@pytest.mark.parametrize('stride, length', [(1, 16), (2, 16), (2, 5), (1, 4)])
+def test_cpu_matmul_convolution_equals_conv1d(stride, length):
+    torch.manual_seed(0)
+    conv = ops.Conv1dSame(12, 7, 3, stride=stride)
+    x = torch.randn(3, 12, length, requires_grad=True)
+    left, right = ops.same_padding(length, 3, stride)
+    expected = F.conv1d(F.pad(x, (left, right)), conv.weight, conv.bias, stride)
+    got = conv(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(got.square().sum(), (x, conv.weight, conv.bias))
+    wanted = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
+    for a, b in zip(grads, wanted):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
