@@ -32,6 +32,7 @@ import load_data
 import postprocess
 from config import Config, apply_overrides, parse_config
 from data import extract_features as ef
+from fig.visualize import plot_timeline
 from fileio import atomic_open, atomic_path
 from operations import load_model
 from test import predict_windows
@@ -81,32 +82,6 @@ def detections_json(det, name, info, streams, checkpoints):
                                  score=round(float(p), 4))
                             for n, c, s, e, p in zip(names, det['class_id'], det['start'], det['end'],
                                                      det['score'])])
-
-
-def plot_timeline(path, det, name, duration, top=30):
-    """The `top` best detections on a time axis, one row per class, opacity = score."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    det = det.nlargest(top, 'score')
-    classes = sorted(set(det['class_id']))
-    row = {c: i for i, c in enumerate(classes)}
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * max(len(classes), 1)))
-    rel = det['score'].to_numpy() / max(det['score'].max(), 1e-12) if len(det) else np.zeros(0)
-    colors = np.tile(matplotlib.colors.to_rgba('tab:blue'), (len(det), 1))
-    colors[:, 3] = 0.2 + 0.8 * rel
-    ax.barh(det['class_id'].map(row), det['end'] - det['start'], left=det['start'], height=0.7,
-            color=colors, edgecolor='black', linewidth=0.3)
-    ax.set_yticks(range(len(classes)), [C.CLASS_NAME_OF_ID[c] for c in classes])
-    ax.set_xlim(0, duration)
-    ax.set_ylim(-0.6, max(len(classes), 1) - 0.4)
-    ax.invert_yaxis()
-    ax.set_xlabel('time (s)')
-    ax.set_title(f'{name}: {len(det)} best detections' if len(det) else f'{name}: no detections')
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -179,7 +154,8 @@ def main(argv=None):
     doc = detections_json(det, name, vinfo, sorted(runs), {m: r[2] for m, r in runs.items()})
     with atomic_open(os.path.join(out, 'detections.json')) as f:
         json.dump(doc, f, indent=1)
-    plot_timeline(os.path.join(out, 'timeline.png'), det, name, doc['duration_s'])
+    plot_timeline(det, None, videos=[name], out=os.path.join(out, 'timeline.png'), top=30,
+                  duration=doc['duration_s'])
     best = ', '.join(f'{d["label"]} {d["start"]:.1f}-{d["end"]:.1f}s ({d["score"]:.2f})'
                      for d in doc['detections'][:3])
     print(f'{len(det)} detections in {name} ({doc["duration_s"]:.1f} s){": " + best if best else ""}')

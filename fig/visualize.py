@@ -34,7 +34,8 @@ def class_color(class_id):
     return CLASS_COLORS.get(int(class_id), (0.5, 0.5, 0.5, 1.0))
 
 
-def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, source='detections'):
+def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, source='detections',
+                    check_names=True):
     """Per video: (video, detections shown (best first), ground truth, ambiguous segments, class ids of the rows)."""
     truth = gt['gt'].assign(class_id=np.asarray(gt['class_ids'])[gt['gt']['cls'].to_numpy()])
     det = det[det['score'] >= min_score]
@@ -44,7 +45,7 @@ def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, s
             raise ValueError(f'{source}: no detections with score >= {min_score} to show')
     known = set(det['video']) | set(truth['video'])
     unknown = [v for v in videos if v not in known]
-    if unknown:
+    if unknown and check_names:
         raise ValueError(f'video {unknown[0]} is neither in {source} (score >= {min_score}) nor in the '
                          f'ground truth of {gt.get("gt_dir", "the evaluation")}')
     panels = []
@@ -57,26 +58,38 @@ def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, s
     return panels
 
 
+def no_ground_truth():
+    """The ground truth of videos nobody annotated (detect.py's own videos): empty."""
+    return dict(gt=pd.DataFrame({'video': pd.Series(dtype=object), 'start': pd.Series(dtype=float),
+                                 'end': pd.Series(dtype=float), 'cls': pd.Series(dtype=np.int64)}),
+                ambiguous=pd.DataFrame({'video': pd.Series(dtype=object), 'start': pd.Series(dtype=float),
+                                        'end': pd.Series(dtype=float)}),
+                class_ids=np.zeros(0, np.int64), class_names=[])
+
+
 def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score=0.0, top=20, subset='test',
-                  num_videos=3):
+                  num_videos=3, duration=None):
     """Draw the timeline PNG; returns `out`.
 
     result: a result-file path or a DataFrame(video, start, end, class_id, score) in seconds.
     gt_dir: the evaluation ground-truth folder (<Class>_<subset>.txt, Ambiguous_<subset>.txt,
-    detclasslist.txt). videos: names to show (default: the `num_videos` with most detections).
+    detclasslist.txt), or None for videos without annotations. videos: names to show
+    (default: the `num_videos` with most detections). duration: length of the time axis
+    in seconds (default: the last interval shown).
     """
     det = evaluate.read_result(result) if isinstance(result, (str, os.PathLike)) else result
     source = str(result) if isinstance(result, (str, os.PathLike)) else 'detections'
-    gt = evaluate.read_ground_truth(gt_dir, subset)
+    gt = evaluate.read_ground_truth(gt_dir, subset) if gt_dir else no_ground_truth()
     names = dict(zip(gt['class_ids'].tolist(), gt['class_names']))
     names.update({cid: C.CLASS_NAME_OF_ID[cid] for cid in C.CLASS_NAME_OF_ID if cid not in names})
-    panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source)
+    # Without ground truth a named video may simply have no detection: an empty panel.
+    panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source, check_names=bool(gt_dir))
     heights = [1.0 + 0.55 * max(len(p[4]), 1) for p in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights)), squeeze=False,
                              gridspec_kw=dict(height_ratios=heights))
     for ax, (video, d, g, amb, classes) in zip(axes[:, 0], panels):
         row = {c: i for i, c in enumerate(classes)}
-        end = max([1.0] + d['end'].tolist() + g['end'].tolist())
+        end = duration or max([1.0] + d['end'].tolist() + g['end'].tolist())
         for s, e in zip(amb['start'], amb['end']):
             ax.axvspan(s, e, color='0.85', hatch='//', fill=False, linewidth=0)
         # Ground truth: outlined bars in the upper part of the class row.
@@ -96,8 +109,8 @@ def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score
         ax.set_xlim(0, end * 1.02)
         ax.set_xlabel('time (s)')
         shown = f'{len(d)} best detections' if top and len(d) == top else f'{len(d)} detections'
-        ax.set_title(f'{video}: {len(g)} ground-truth instances (outlined), {shown} (opacity, label = score)',
-                     fontsize=9)
+        truth = f'{len(g)} ground-truth instances (outlined), ' if gt_dir else ''
+        ax.set_title(f'{video}: {truth}{shown} (opacity, label = score)', fontsize=9)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format='png', dpi=100)

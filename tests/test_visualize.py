@@ -88,3 +88,13 @@ def test_cli_from_repo_root(gt_dir, result, tmp_path):
                           '--out', str(tmp_path / 'x.png')], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and 'video nope is neither' in run.stderr
     assert not (tmp_path / 'x.png').exists()
+
+
+def test_timeline_without_ground_truth(tmp_path):
+    # detect.py's own videos have no annotations: detections only, and a named video
+    # without any detection still gets its (empty) panel.
+    import pandas as pd
+    from fig.visualize import plot_timeline
+    det = pd.DataFrame(dict(video='clip', start=[1.0, 5.0], end=[3.0, 8.0], class_id=[7, 26], score=[0.9, 0.5]))
+    out = plot_timeline(det, None, videos=['clip', 'silent_clip'], out=str(tmp_path / 't.png'), duration=15)
+    assert (tmp_path / 't.png').stat().st_size > 5000 and out.endswith('t.png')
