@@ -320,6 +320,26 @@ def _finish(metric, thr, aps, info, curves=None):
     return out
 
 
+def _keyed(g, gv, det, dv, class_ids, V):
+    """Ground truth and detections as arrays grouped by key = class * V + video.
+
+    Ground truth: (start, end, class, instances per class, order, key) with `order` the
+    file order within each key. Detections, put in the kit's order (class, video in
+    ASCII order, score descending, file order): (order, class, video, score, start,
+    end, key), every array already in that order.
+    """
+    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
+    gc = g['cls'].to_numpy(np.int64)
+    npos = np.bincount(gc, minlength=len(class_ids))
+    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
+    dc = _class_index(det, class_ids)
+    score = det['score'].to_numpy(np.float64)
+    order = np.lexsort((np.arange(len(det)), -score, dv, dc))
+    dc, dv, score = dc[order], dv[order], score[order]
+    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
+    return (gs, ge, gc, npos, gorder, (gc * V + gv)[gorder]), (order, dc, dv, score, ds, de, dc * V + dv)
+
+
 # ----------------------------------------------------------------------------
 # the official kit
 
@@ -337,23 +357,11 @@ def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', r
     class_ids, C = gt['class_ids'], len(gt['class_ids'])
     g, amb = gt['gt'], gt['ambiguous']
     (gv, av, dv), V = _video_codes(g['video'], amb['video'], det['video'])
-    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
-    gc = g['cls'].to_numpy(np.int64)
-    npos = np.bincount(gc, minlength=C)
     T, N = len(thr), len(det)
+    (gs, ge, gc, npos, gorder, gkey), (_, dc, dv, score, ds, de, dkey) = _keyed(g, gv, det, dv, class_ids, V)
 
-    # Detections in kit order: class, video (ASCII), score descending, file order.
-    dc = _class_index(det, class_ids)
-    score = det['score'].to_numpy(np.float64)
-    order = np.lexsort((np.arange(N), -score, dv, dc))
-    dc, dv, score = dc[order], dv[order], score[order]
-    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
-    dkey = dc * V + dv
-
-    # Ground truth in file order within each (class, video); its candidates are the
-    # detections of the same pair, in the order above (the kit's tie-break).
-    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
-    gkey = (gc * V + gv)[gorder]
+    # Each ground-truth instance's candidates are the detections of its (class, video),
+    # in the kit's order (its tie-break).
     lo, hi = _segment_ranges(dkey, gkey)
     item, d_idx = _expand(lo, hi)
     g_idx = gorder[item]
@@ -425,20 +433,8 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
     class_ids, C = gt['class_ids'], len(gt['class_ids'])
     g = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
     (gv, dv), V = _video_codes(g['video'], det['video'])
-    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
-    gc = g['cls'].to_numpy(np.int64)
-    npos = np.bincount(gc, minlength=C)
     T, N = len(thr), len(det)
-
-    dc = _class_index(det, class_ids)
-    score = det['score'].to_numpy(np.float64)
-    order = np.lexsort((np.arange(N), -score, dv, dc))   # per (class, video), score order
-    dc, dv, score = dc[order], dv[order], score[order]
-    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
-    dkey = dc * V + dv
-
-    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
-    gkey = (gc * V + gv)[gorder]
+    (gs, ge, gc, npos, gorder, gkey), (order, dc, dv, score, ds, de, dkey) = _keyed(g, gv, det, dv, class_ids, V)
     lo, hi = _segment_ranges(gkey, dkey)
     d_idx, pos = _expand(lo, hi)
     g_idx = gorder[pos]
