@@ -14,11 +14,10 @@ branch's conf are computed but no loss uses them; they are kept so the released
 checkpoints load.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from main_stream import MainStream, predict_layer
-from operations import Conv1dSame, init_weights, scope
+from operations import Conv1dSame, ConvTranspose1dUp, init_weights, scope
 
 BRANCHES = ('ProposalBranch', 'ClassificationBranch')
 
@@ -26,7 +25,7 @@ BRANCHES = ('ProposalBranch', 'ClassificationBranch')
 def branch_anchor_layer(width):
     """Layers of one branch, named in the release's construction order."""
     conv = {f'conv1d{"" if i == 0 else f"_{i}"}': Conv1dSame(width, width, 3) for i in range(9)}
-    up = {name: nn.ConvTranspose1d(width, width, 4, stride=2, padding=1)
+    up = {name: ConvTranspose1dUp(width, width)
           for name in ('conv2d_transpose', 'conv2d_transpose_1')}
     order = ['conv1d', 'conv1d_1', 'conv1d_2', 'conv2d_transpose', 'conv1d_3', 'conv1d_4', 'conv1d_5',
              'conv2d_transpose_1', 'conv1d_6', 'conv1d_7', 'conv1d_8']

@@ -339,3 +339,19 @@ def test_cpu_matmul_convolution_equals_conv1d(stride, length):
     wanted = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
     for a, b in zip(grads, wanted):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('length', [1, 4, 8])
+def test_cpu_upsampling_equals_conv_transpose(length):
+    torch.manual_seed(1)
+    up = ops.ConvTranspose1dUp(6, 5)
+    reference = torch.nn.ConvTranspose1d(6, 5, 4, stride=2, padding=1)
+    reference.load_state_dict(up.state_dict())
+    x = torch.randn(3, 6, length, requires_grad=True)
+    got, expected = up(x), reference(x)
+    assert got.shape == (3, 5, 2 * length)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(got.square().sum(), (x, up.weight, up.bias))
+    wanted = torch.autograd.grad(expected.square().sum(), (x, reference.weight, reference.bias))
+    for a, b in zip(grads, wanted):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
