@@ -16,10 +16,10 @@ DATA=data/synthetic
 $PYTHON data/make_synthetic.py --out $DATA
 
 # The demo config: the synthetic data, a narrower network (128 / 256 filters
-# instead of 512 / 1024), batches of 16 and 14 epochs at a larger learning rate,
+# instead of 512 / 1024), batches of 16 and 20 epochs at a larger learning rate,
 # so that it trains in about a minute per stream on a CPU. Everything else is
 # as released. Later overrides win.
-lrs=$(printf '5e-4,%.0s' {1..12})5e-5,5e-5
+lrs=$(printf '5e-4,%.0s' {1..18})5e-5,5e-5
 demo=(--data_dir=$DATA/thumos14 --feature_path=$DATA/feature
       --eval_gt_dir=$DATA/thumos14/eval_annotation --fps_file=$DATA/thumos14/video_fps.csv
       --base_width=128 --anchor_width=256 --batch_size=16 --learning_rates=$lrs)
