@@ -271,3 +271,10 @@ def _replace_field(text, line, column, value):
 def test_missing_predictions_file(tmp_path):
     with pytest.raises(ValueError, match='not found'):
         P.read_predictions(str(tmp_path / 'nope.csv'))
+
+
+def test_predictions_file_round_trips_byte_for_byte(shared, tmp_path):
+    # The writer reproduces what the release's pandas wrote, byte for byte.
+    source = shared / 'reference' / 'predict_temporal.csv'
+    P.write_predictions(str(tmp_path / 'p.csv'), P.read_predictions(str(source)))
+    assert (tmp_path / 'p.csv').read_bytes() == source.read_bytes()
