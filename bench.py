@@ -14,7 +14,6 @@ Checkpoints are not written (that is disk speed, not training speed).
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

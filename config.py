@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from os.path import join
 
 # Model class index k (1..20) <-> THUMOS14 class id CLASS_REAL[k]; 0 is background.

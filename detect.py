@@ -24,8 +24,6 @@ import os
 import sys
 from dataclasses import fields
 
-import numpy as np
-import torch
 
 import config as C
 import load_data
@@ -33,8 +31,8 @@ import postprocess
 from config import Config, apply_overrides, parse_config
 from data import extract_features as ef
 from fig.visualize import plot_timeline
-from fileio import atomic_open, atomic_path
-from operations import load_model
+from fileio import atomic_open
+from operations import load_model, read_checkpoint
 from test import predict_windows
 
 SPLIT = 'detect'   # feature folder of the videos given to detect.py
@@ -42,12 +40,10 @@ SPLIT = 'detect'   # feature folder of the videos given to detect.py
 
 def checkpoint_config(path, overrides, feature_dim, backbone):
     """The config a checkpoint was trained with, then the command line's overrides; checks the feature width."""
-    if not os.path.isfile(path):
-        raise SystemExit(f'error: checkpoint {path} not found')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise SystemExit(f'error: checkpoint {path} cannot be read: {err}') from None
+        ckpt = read_checkpoint(path)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     if not isinstance(ckpt, dict) or 'feature_dim' not in ckpt:
         raise SystemExit(f'error: {path} is not a checkpoint of this project (no feature_dim)')
     if int(ckpt['feature_dim']) != feature_dim:

@@ -344,6 +344,18 @@ ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_cl
                  'base_width', 'anchor_width')
 
 
+def read_checkpoint(path, what='checkpoint'):
+    """torch.load(path, weights_only=True) on the CPU; ValueError naming the file when it is
+    missing or unreadable. Every checkpoint and weights file is read through here."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ValueError(f'{what} {path} not found')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f'{what} {path} cannot be read: {err}') from None
+
+
 def load_model(path, cfg, device='cpu', feature_dim=None):
     """Load a checkpoint written by train.py or convert_tf_checkpoint.py -> (model, ckpt).
 
@@ -351,12 +363,7 @@ def load_model(path, cfg, device='cpu', feature_dim=None):
     method or anchor layout, or (feature_dim given) expects features of another width.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise ValueError(f'checkpoint {path} not found')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f'checkpoint {path} cannot be read: {err}') from None
+    ckpt = read_checkpoint(path)
     missing = [key for key in ('model', 'method', 'feature_dim') if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ValueError(f'checkpoint {path} lacks {missing}: not a checkpoint of this project')

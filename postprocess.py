@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 import config as C
-from fileio import atomic_open, atomic_path
+from fileio import atomic_open
 
 SCORE_COLUMNS = [f'score_{k}' for k in range(21)]
 PRED_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax'] + SCORE_COLUMNS

@@ -19,7 +19,6 @@ import re
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 import config as C

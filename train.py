@@ -202,10 +202,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     if checkpoints and not fresh:
         path = checkpoints[-1][1]
         try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:
-            raise SystemExit(f'error: cannot load checkpoint {path}: {err}\n'
-                             f'  (rerun with --fresh to start over)') from None
+            ckpt = operations.read_checkpoint(path)
+        except ValueError as err:
+            raise SystemExit(f'error: {err}\n  (rerun with --fresh to start over)') from None
         if ckpt.get('method') != cfg.method:
             raise SystemExit(f'error: checkpoint {path} holds method {ckpt.get("method")!r}, '
                              f'this run trains {cfg.method!r}; rerun with --fresh to start over')

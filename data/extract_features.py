@@ -65,6 +65,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import DEFAULT_FPS, parse_config  # noqa: E402
 from fileio import atomic_open, atomic_path  # noqa: E402
+from operations import read_checkpoint  # noqa: E402
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
 STREAMS = ('spatial', 'temporal')
@@ -113,12 +114,10 @@ def tiny_cnn(in_channels, dim=BACKBONE_DIMS['tiny']):
 
 def read_state_dict(path):
     """A state dict from a file: a bare one, or one under 'state_dict' / 'model'; 'module.' prefixes dropped."""
-    if not os.path.isfile(path):
-        raise SystemExit(f'error: weights file not found: {path}')
     try:
-        sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise SystemExit(f'error: cannot read weights {path}: {err}') from None
+        sd = read_checkpoint(path, 'weights file')
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     for key in ('state_dict', 'model'):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
