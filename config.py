@@ -77,6 +77,9 @@ class Config:
     bf16: bool = False                 # improvement: bf16 autocast (fp32 is what the paper used)
     compile: bool = False              # improvement: torch.compile the model
     tf32: bool = False                 # improvement: TF32 matmuls / convolutions on NVIDIA GPUs
+    cuda_graph: bool = True            # speed, same numbers: replay each training step as one CUDA graph
+    channels_last: bool = False        # speed, same numbers: convolutions in NHWC layout (tensor cores)
+    group_branches: bool = False       # speed, same numbers: Decouple-SSAD's two branches as grouped convolutions
     feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16)
 
     # --- post-processing and fusion ---

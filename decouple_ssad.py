@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from main_stream import MainStream, predict_layer
-from operations import Conv1dSame, ConvTranspose1dUp, init_weights, scope
+from operations import Conv1dSame, ConvTranspose1dUp, conv1d_same, conv_transpose_up, init_weights, scope
 
 BRANCHES = ('ProposalBranch', 'ClassificationBranch')
 
@@ -33,24 +33,51 @@ def branch_anchor_layer(width):
     return scope(**{name: layers[name] for name in order})
 
 
-def branch_forward(s, mal1, mal2, mal3):
-    """[BAL1, BAL2, BAL3] of one branch from the main anchor layers."""
+def branch_forward(conv, up, mal1, mal2, mal3):
+    """[BAL1, BAL2, BAL3] of a branch from the main anchor layers.
+
+    conv(x, name, first) and up(x, name) run the branch's layer `name`; first marks the
+    layers that read a main anchor layer (the input both branches share).
+    """
     def inside(x, a, b):
-        return s[b](F.relu(s[a](x)))
+        return conv(F.relu(conv(x, a, True)), b, False)
 
     def out(x, c):
-        return F.relu(s[c](F.relu(x)))
+        return F.relu(conv(F.relu(x), c, False))
 
     bal3 = out(inside(mal3, 'conv1d', 'conv1d_1'), 'conv1d_2')
-    bal2 = out((2 * inside(mal2, 'conv1d_3', 'conv1d_4') + s['conv2d_transpose'](bal3)) / 3, 'conv1d_5')
-    bal1 = out((2 * inside(mal1, 'conv1d_6', 'conv1d_7') + s['conv2d_transpose_1'](bal2)) / 3, 'conv1d_8')
+    bal2 = out((2 * inside(mal2, 'conv1d_3', 'conv1d_4') + up(bal3, 'conv2d_transpose')) / 3, 'conv1d_5')
+    bal1 = out((2 * inside(mal1, 'conv1d_6', 'conv1d_7') + up(bal2, 'conv2d_transpose_1')) / 3, 'conv1d_8')
     return [bal1, bal2, bal3]
+
+
+def one_branch(s, mals):
+    return branch_forward(lambda x, name, first: s[name](x), lambda x, name: s[name](x), *mals)
+
+
+def both_branches(s1, s2, mals, channels_last):
+    """Both branches at once, as the channels of one network of twice the width: a layer
+    reading a main anchor layer is one convolution with both branches' filters, every
+    later one a grouped convolution (groups = 2). Fewer, larger kernels; the same numbers
+    as one_branch twice. Returns the two branches' [BAL1, BAL2, BAL3]."""
+    def both(name):
+        return (torch.cat([s1[name].weight, s2[name].weight]), torch.cat([s1[name].bias, s2[name].bias]))
+
+    def conv(x, name, first):
+        return conv1d_same(x, *both(name), 1, 1 if first else 2, channels_last)
+
+    def up(x, name):
+        return conv_transpose_up(x, *both(name), 2, channels_last)
+
+    bals = branch_forward(conv, up, *mals)
+    return [bal.chunk(2, 1)[0] for bal in bals], [bal.chunk(2, 1)[1] for bal in bals]
 
 
 class DecoupleSSAD(MainStream):
 
     def __init__(self, cfg, feature_dim):
         super().__init__(cfg, feature_dim, init=False)
+        self.group_branches = cfg.group_branches
         init_weights(self, cfg.seed, cfg.identical_kernel_init)
 
     def add_heads(self):
@@ -68,10 +95,13 @@ class DecoupleSSAD(MainStream):
     def forward(self, x):
         mals = self.main_anchor_layers(x)
         main = self.run_heads(self.heads('mulClsReg', 'mainStream'), mals)
-        loc = self.run_heads(self.heads('biClsReg', 'ProposalBranch'),
-                             branch_forward(self.branch_anchor_layerProposalBranch, *mals))
-        cls = self.run_heads(self.heads('mulClsReg', 'ClassificationBranch'),
-                             branch_forward(self.branch_anchor_layerClassificationBranch, *mals))
+        proposal, classification = self.branch_anchor_layerProposalBranch, self.branch_anchor_layerClassificationBranch
+        if self.group_branches:
+            loc_bals, cls_bals = both_branches(proposal, classification, mals, self.channels_last)
+        else:
+            loc_bals, cls_bals = one_branch(proposal, mals), one_branch(classification, mals)
+        loc = self.run_heads(self.heads('biClsReg', 'ProposalBranch'), loc_bals)
+        cls = self.run_heads(self.heads('mulClsReg', 'ClassificationBranch'), cls_bals)
         k = self.num_classes
         localization = torch.cat([loc[..., :2], (main[..., k + 1:] + loc[..., 2:]) / 2], -1)
         classification = (main + cls) / 2

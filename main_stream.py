@@ -18,6 +18,7 @@ def predict_layer(width, channels_per_box, num_boxes):
 
 
 class MainStream(nn.Module):
+    channels_last = False  # set by build_model from the config, as on every convolution
 
     def __init__(self, cfg, feature_dim, init=True):
         super().__init__()

@@ -25,60 +25,95 @@ def same_padding(length, kernel_size, stride):
     return total // 2, total - total // 2
 
 
+def as_nhwc(x):
+    """[B, C, L] -> [B, C, 1, L] in channels-last memory (a view when x is already laid out so)."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def conv1d_same(x, weight, bias, stride=1, groups=1, channels_last=False):
+    """conv1d on [B, C, L] with TensorFlow "same" padding (asymmetric for strided layers).
+
+    channels_last: run it as a 2-d convolution on channels-last memory, the layout
+    tensor-core kernels read directly; the output keeps that layout, so the next layer
+    gets it without a copy.
+    """
+    k = weight.shape[-1]
+    left, right = same_padding(x.shape[-1], k, stride)
+    if channels_last:
+        x = as_nhwc(x)
+        if left != right:
+            x, left = F.pad(x, (left, right)), 0
+        return F.conv2d(x, weight.unsqueeze(2), bias, (1, stride), (0, left), 1, groups).squeeze(2)
+    if x.device.type == 'cpu' and k == 3 and groups == 1:
+        return matmul_conv1d(F.pad(x, (left, right)), weight, bias, stride)
+    if left != right:
+        x, left = F.pad(x, (left, right)), 0
+    return F.conv1d(x, weight, bias, stride, left, 1, groups)
+
+
+def matmul_conv1d(x, weight, bias, stride):
+    """An unpadded convolution as one matrix product over unfolded windows.
+
+    On a CPU the many k = 3 layers at lengths 16, 8 and 4 run about 1.7x faster this
+    way than through conv1d (a Decouple-SSAD training step 1.4x faster).
+    """
+    out_channels, c, k = weight.shape
+    cols = x.unfold(2, k, stride)                                       # [B, C, L, k]
+    b, _, length, _ = cols.shape
+    y = cols.permute(0, 2, 1, 3).reshape(b * length, c * k) @ weight.reshape(out_channels, c * k).t()
+    if bias is not None:
+        y = y + bias
+    return y.reshape(b, length, -1).transpose(1, 2)
+
+
+def conv_transpose_up(x, weight, bias, groups=1, channels_last=False):
+    """Transposed convolution (kernel 4, stride 2, padding 1) on [B, C, L]: length 2L, as
+    TensorFlow's "same". weight [C, out / groups, 4]."""
+    if channels_last:
+        return F.conv_transpose2d(as_nhwc(x), weight.unsqueeze(2), bias, (1, 2), (0, 1), 0, groups).squeeze(2)
+    if x.device.type != 'cpu' or groups != 1:
+        return F.conv_transpose1d(x, weight, bias, 2, 1, 0, groups)
+    # On a CPU, one matrix product and two shifted sums run several times faster than
+    # the transposed convolution. Input step i reaches outputs 2i + k - 1 (k = 0..3):
+    # even output 2j gets taps k = 1 of step j and k = 3 of step j - 1, odd output
+    # 2j + 1 gets k = 2 of step j and k = 0 of step j + 1.
+    b, c, length = x.shape
+    z = (x.transpose(1, 2).reshape(b * length, c) @ weight.reshape(c, -1)).reshape(b, length, -1, 4)
+    z = F.pad(z, (0, 0, 0, 0, 1, 1))                                   # a zero step at each end
+    even = z[:, 1:-1, :, 1] + z[:, :-2, :, 3]
+    odd = z[:, 1:-1, :, 2] + z[:, 2:, :, 0]
+    y = torch.stack([even, odd], 2).reshape(b, 2 * length, -1)       # [B, 2L, out]
+    if bias is not None:
+        y = y + bias
+    return y.transpose(1, 2)
+
+
 class Conv1dSame(nn.Conv1d):
-    """Conv1d on [B, C, L] with TensorFlow "same" padding (asymmetric for strided layers)."""
+    """Conv1d with TensorFlow "same" padding; channels_last is set by build_model from the config."""
+    channels_last = False
 
     def forward(self, x):
-        left, right = same_padding(x.shape[-1], self.kernel_size[0], self.stride[0])
-        if x.device.type == 'cpu' and self.kernel_size[0] == 3:
-            return self.matmul_forward(F.pad(x, (left, right)))
-        if left == right:  # symmetric: the convolution pads by itself, one kernel fewer
-            return F.conv1d(x, self.weight, self.bias, self.stride, left)
-        return super().forward(F.pad(x, (left, right)))
-
-    def matmul_forward(self, x):
-        """The same convolution as one matrix product over unfolded windows.
-
-        On a CPU the many k = 3 layers at lengths 16, 8 and 4 run about 1.7x faster this
-        way than through conv1d (a Decouple-SSAD training step 1.4x faster).
-        """
-        k, stride = self.kernel_size[0], self.stride[0]
-        cols = x.unfold(2, k, stride)                                   # [B, C, L, k]
-        b, c, length, _ = cols.shape
-        y = cols.permute(0, 2, 1, 3).reshape(b * length, c * k) @ self.weight.reshape(self.out_channels, c * k).t()
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(b, length, -1).transpose(1, 2)
+        return conv1d_same(x, self.weight, self.bias, self.stride[0], 1, self.channels_last)
 
 
 class ConvTranspose1dUp(nn.ConvTranspose1d):
     """ConvTranspose1d(kernel 4, stride 2, padding 1): doubles the length, as TensorFlow's "same"."""
+    channels_last = False
 
     def __init__(self, in_channels, out_channels):
         super().__init__(in_channels, out_channels, 4, stride=2, padding=1)
 
     def forward(self, x):
-        if x.device.type != 'cpu':
-            return super().forward(x)
-        # On a CPU, one matrix product and two shifted sums run several times faster than
-        # the transposed convolution. Input step i reaches outputs 2i + k - 1 (k = 0..3):
-        # even output 2j gets taps k = 1 of step j and k = 3 of step j - 1, odd output
-        # 2j + 1 gets k = 2 of step j and k = 0 of step j + 1.
-        b, c, length = x.shape
-        z = (x.transpose(1, 2).reshape(b * length, c) @ self.weight.reshape(c, -1)).reshape(b, length, -1, 4)
-        z = F.pad(z, (0, 0, 0, 0, 1, 1))                               # a zero step at each end
-        even = z[:, 1:-1, :, 1] + z[:, :-2, :, 3]
-        odd = z[:, 1:-1, :, 2] + z[:, 2:, :, 0]
-        y = torch.stack([even, odd], 2).reshape(b, 2 * length, -1)   # [B, 2L, out]
-        if self.bias is not None:
-            y = y + self.bias
-        return y.transpose(1, 2)
+        return conv_transpose_up(x, self.weight, self.bias, 1, self.channels_last)
 
 
 def max_pool_same(x, kernel_size, stride):
     """Max pooling on [B, C, L] with TensorFlow "same" padding; padded cells never win (-inf)."""
     left, right = same_padding(x.shape[-1], kernel_size, stride)
-    return F.max_pool1d(F.pad(x, (left, right), value=-math.inf), kernel_size, stride)
+    if left != right:
+        x, left = F.pad(x, (left, right), value=-math.inf), 0
+    # 2-d pooling keeps a channels-last input channels-last; its own padding is -inf
+    return F.max_pool2d(x.unsqueeze(2), (1, kernel_size), (1, stride), (0, left)).squeeze(2)
 
 
 def scope(**modules):
@@ -236,8 +271,12 @@ def weighted_mean(term, weight):
     return (term * weight).sum() / count.clamp(min=1)
 
 
-def sample_weights(score, conf, negative_ratio, generator=None):
-    """Loss weights (P, W) of SPEC 7: positives, and positives + hard + drawn easy negatives."""
+def sample_weights(score, conf, negative_ratio, generator=None, noise=None):
+    """Loss weights (P, W) of SPEC 7: positives, and positives + hard + drawn easy negatives.
+
+    noise: uniform [0, 1) draws shaped like score for the easy negatives; drawn from
+    generator when None.
+    """
     positive = score > 0.5
     hard = (score < 0.5) & (conf > 0.5)
     num_all = float(score.numel())
@@ -247,20 +286,21 @@ def sample_weights(score, conf, negative_ratio, generator=None):
         / (num_all - num_pos - num_hard).clamp(min=1)
     # no positive in the batch: no easy negative (the release's NaN ratio draws none)
     ratio = torch.where(num_pos > 0, ratio.clamp(max=1), torch.zeros_like(ratio))
-    u = torch.rand(score.shape, generator=generator, device=score.device, dtype=score.dtype)
-    easy = ~positive & ~hard & (u > 1 - ratio)
+    if noise is None:
+        noise = torch.rand(score.shape, generator=generator, device=score.device, dtype=score.dtype)
+    easy = ~positive & ~hard & (noise > 1 - ratio)
     p = positive.to(score.dtype)
     return p, p + hard.to(score.dtype) + easy.to(score.dtype)
 
 
-def head_loss(logits, labels, conf, xmin, xmax, m, negative_ratio, generator=None):
+def head_loss(logits, labels, conf, xmin, xmax, m, negative_ratio, generator=None, noise=None):
     """(class, loc, conf) losses of one head.
 
     conf, xmin, xmax [B, A] and the matching m (from `match` on those boxes) give the
     weights and the conf / location terms; logits [B, A, K] and labels [B, A] give the
     class term (Decouple-SSAD takes them from another output and its own matching).
     """
-    p, w = sample_weights(m['score'].detach(), conf.detach(), negative_ratio, generator)
+    p, w = sample_weights(m['score'].detach(), conf.detach(), negative_ratio, generator, noise)
     class_term = torch.logsumexp(logits, -1) - logits.gather(-1, labels[..., None])[..., 0]
     loc_term = smooth_l1(xmin - m['xmin']) + smooth_l1(xmax - m['xmax'])
     conf_term = smooth_l1(m['score'] - conf)
@@ -273,23 +313,36 @@ def _head(raw, cfg, gt_label, gt_box, gt_valid):
     return xmin, xmax, m
 
 
-def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None):
+def loss_noise(cfg, batch_size, generator=None, device=None):
+    """The loss's easy-negative draws for a batch: uniform [heads, B, A], one row per
+    loss head (1 for the main stream, 2 for Decouple-SSAD).
+
+    Drawn before the step, so that a captured CUDA graph replays with fresh numbers.
+    """
+    heads = 1 if cfg.method == 'main_stream' else 2
+    return torch.rand(heads, batch_size, sum(cfg.num_anchors) * len(cfg.aspect_ratios),
+                      generator=generator, device=device)
+
+
+def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None, noise=None):
     """Training loss of either method (SPEC 6-7).
 
     outputs: the model's forward dict; gt_label int64 [B, M] (model class index,
     0 = padding), gt_box [B, M, 2] (xmin, xmax normalised), gt_valid bool [B, M].
     generator: torch.Generator on the outputs' device for the easy-negative draw
-    (None = the global RNG).
+    (None = the global RNG); or noise: those draws made beforehand (see loss_noise).
     Returns (loss, dict(class=, loc=, conf=) of detached 0-dim tensors).
     """
     k = cfg.num_classes
     # the loss is always computed in float32 (outputs may come from bf16 autocast)
     outputs = {key: value.float() for key, value in outputs.items()}
     main = outputs['main']
+    if noise is None:
+        noise = loss_noise(cfg, main.shape[0], generator, main.device)
     if cfg.method == 'main_stream':
         xmin, xmax, m = _head(main, cfg, gt_label, gt_box, gt_valid)
         cls, loc, conf = head_loss(main[..., :k], m['label'], main[..., k], xmin, xmax, m,
-                                   cfg.negative_ratio, generator)
+                                   cfg.negative_ratio, noise=noise[0])
     else:
         loc_out, cls_out = outputs['localization'], outputs['classification']
         # The three matchings (main stream, localization, classification output) as one
@@ -300,9 +353,9 @@ def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None):
         (xmin, lxmin, _), (xmax, lxmax, _) = xmin3.chunk(3), xmax3.chunk(3)
         m, lm, cm = ({key: value.chunk(3)[i] for key, value in m3.items()} for i in range(3))
         main_class, main_loc, _ = head_loss(main[..., :k], m['label'], main[..., k], xmin, xmax, m,
-                                            cfg.negative_ratio, generator)
+                                            cfg.negative_ratio, noise=noise[0])
         branch_class, branch_loc, branch_conf = head_loss(
-            cls_out[..., :k], cm['label'], loc_out[..., 1], lxmin, lxmax, lm, cfg.negative_ratio, generator)
+            cls_out[..., :k], cm['label'], loc_out[..., 1], lxmin, lxmax, lm, cfg.negative_ratio, noise=noise[1])
         cls = (main_class + 2 * branch_class) / 3
         loc = (main_loc + 2 * branch_loc) / 3
         conf = branch_conf
@@ -333,11 +386,16 @@ def build_model(cfg, feature_dim):
         raise ValueError(f'feature_dim must be a positive integer, got {feature_dim}')
     if cfg.method == 'main_stream':
         from main_stream import MainStream
-        return MainStream(cfg, int(feature_dim))
-    if cfg.method == 'decouple_ssad':
+        model = MainStream(cfg, int(feature_dim))
+    elif cfg.method == 'decouple_ssad':
         from decouple_ssad import DecoupleSSAD
-        return DecoupleSSAD(cfg, int(feature_dim))
-    raise ValueError(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+        model = DecoupleSSAD(cfg, int(feature_dim))
+    else:
+        raise ValueError(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+    for module in model.modules():
+        if hasattr(module, 'channels_last'):
+            module.channels_last = cfg.channels_last
+    return model
 
 
 ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps',

@@ -67,10 +67,12 @@ def prediction_arrays(pred):
 
 def predictions_frame(arrays):
     """The predictions CSV's DataFrame (SPEC 2 column order) from column arrays."""
-    df = pd.DataFrame({'video_name': arrays['video_name'], 'start': arrays['start'],
-                       'conf': arrays['conf'], 'xmin': arrays['xmin'], 'xmax': arrays['xmax']})
-    scores = pd.DataFrame(np.asarray(arrays['scores']), columns=SCORE_COLUMNS)
-    return pd.concat([df, scores], axis=1)
+    scores = np.asarray(arrays['scores'])
+    # One column per score: pandas takes the column arrays as they are, where a 2-d block
+    # would be transposed and copied (20x slower for the test set's 714k rows).
+    return pd.DataFrame({'video_name': arrays['video_name'], 'start': arrays['start'],
+                         'conf': arrays['conf'], 'xmin': arrays['xmin'], 'xmax': arrays['xmax'],
+                         **{name: scores[:, i] for i, name in enumerate(SCORE_COLUMNS)}}, copy=False)
 
 
 def read_predictions(path):

@@ -242,15 +242,23 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # easy-negative draws
     raw_model = operations.build_model(cfg, feature_dim).to(device)
-    # fused: one pass over the parameters per step, several times faster than the default on CPU too
+    # A CUDA graph replays the whole step (forward, loss, backward, Adam) as one launch: an
+    # eager step is bound by the host issuing about a thousand small kernels, not by the GPU.
+    use_graph = cfg.cuda_graph and device.type == 'cuda' and world == 1 and not cfg.compile
+    # fused: one pass over the parameters per step, several times faster than the default on CPU too.
+    # In a graph the learning rate is a device tensor, changed in place between epochs.
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.learning_rates[0], betas=(0.9, 0.999),
-                                 eps=1e-8, fused=True)
+                                 eps=1e-8, fused=True, capturable=use_graph)
     if ckpt:
         raw_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         set_rng_state(ckpt['rng'], generator)
         if master:
             print(f'{cfg.run_name}: resuming after epoch {ckpt["epoch"]} from {checkpoints[-1][1]}')
+    for group in optimizer.param_groups:  # whatever the checkpoint's run used
+        group['capturable'] = use_graph
+        group['lr'] = torch.tensor(float(group['lr']), device=device) if use_graph else float(group['lr'])
+    optimizer._warned_capturable_if_run_uncaptured = True  # a graph's odd-sized last batch runs eagerly
     model = raw_model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -259,7 +267,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         # The loss too: matching and mining are many small kernels that fusion makes few.
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
 
-    def forward_loss(idx):
+    def forward_loss(idx, noise):
         """Loss of the batch `idx` (device tensor of window indices); this rank runs its slice of it."""
         n = len(idx)
         if world > 1:  # contiguous slices, the short last one padded with repeats that gather drops
@@ -268,34 +276,77 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         else:
             local = idx
         x = features.index_select(0, local).float()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        # no weight-cast cache: no weight is used twice, and a cache does not mix with CUDA graphs
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=False):
             outputs = model(x)
         outputs = tree_map(lambda t: t.float(), outputs)  # matching and loss in fp32
         if world > 1:
             outputs = gather_batch(outputs, n)
-        return loss_fn(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg, generator=generator)
+        return loss_fn(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg, noise=noise)
+
+    sums = torch.zeros(len(TERMS), device=device)  # the epoch's loss sums, added to on the device
+
+    def train_step(idx, noise):
+        """One optimisation step; gradients must be None (eager) or the graph's own buffers."""
+        loss, terms = forward_loss(idx, noise)
+        loss.backward()
+        optimizer.step()
+        sums.add_(torch.stack([loss.detach(), terms['class'], terms['loc'], terms['conf']]))
+
+    graph, warm_steps = None, 0
+    static_idx = torch.zeros(cfg.batch_size, dtype=torch.int64, device=device)
+    static_noise = None  # shaped like the first full batch's draws
+    side = torch.cuda.Stream(device) if use_graph else None
+
+    def graph_step(idx, noise):
+        """A full batch through the CUDA graph: a few eager steps on a side stream first (cuDNN
+        autotuning, lazy state), then one capture, then replays. Same numbers as eager steps."""
+        nonlocal graph, warm_steps, static_noise
+        static_idx.copy_(idx)
+        if static_noise is None:
+            static_noise = noise.clone()
+        static_noise.copy_(noise)
+        if graph is None and warm_steps < 3:
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                optimizer.zero_grad(set_to_none=True)
+                train_step(static_idx, static_noise)
+            torch.cuda.current_stream(device).wait_stream(side)
+            warm_steps += 1
+            return
+        if graph is None:
+            # capture records the step without running it; gradients None so that the
+            # graph's backward writes fresh ones into its own memory at every replay
+            optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                train_step(static_idx, static_noise)
+        graph.replay()
 
     # ---- epochs ----
     result = None
     for epoch in range(start_epoch, cfg.training_epochs):
         for group in optimizer.param_groups:
-            group['lr'] = cfg.learning_rates[epoch]
+            if use_graph:
+                group['lr'].fill_(cfg.learning_rates[epoch])  # the tensor the graph reads
+            else:
+                group['lr'] = cfg.learning_rates[epoch]
         batches = load_data.epoch_batches(num_windows, cfg, epoch)
         bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
         order = torch.as_tensor(np.concatenate(batches), dtype=torch.int64).to(device)
-        sums = torch.zeros(len(TERMS), device=device)
+        sums.zero_()
         model.train()
         t0 = time.time()
         bar = tqdm(total=bounds[-1], unit='win', desc=f'{cfg.run_name} epoch {epoch}/{cfg.training_epochs - 1}',
                    disable=not (progress and master), dynamic_ncols=True, leave=False)
         for step in range(len(batches)):
             idx = order[bounds[step]:bounds[step + 1]]
-            loss, terms = forward_loss(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([torch.as_tensor(v, device=device, dtype=torch.float32).detach()
-                                 for v in (loss, terms['class'], terms['loc'], terms['conf'])])
+            noise = operations.loss_noise(cfg, len(idx), generator, device)
+            if use_graph and len(idx) == cfg.batch_size:
+                graph_step(idx, noise)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                train_step(idx, noise)
             bar.update(len(idx))
             if (step + 1) % POSTFIX_EVERY == 0 and not bar.disable:
                 bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in (sums / (step + 1)).tolist()])),

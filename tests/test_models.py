@@ -174,3 +174,31 @@ def test_narrow_networks_for_quick_runs(tmp_path):
     ops.load_model(path, cfg)
     with pytest.raises(ValueError, match='anchor_width'):
         ops.load_model(path, Config(method='decouple_ssad', base_width=32))
+
+
+@pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
+@pytest.mark.parametrize('switches', [dict(channels_last=True), dict(group_branches=True),
+                                      dict(channels_last=True, group_branches=True)])
+def test_speed_switches_compute_the_same_numbers(method, switches):
+    """channels_last and group_branches change the kernels, not the function: outputs and
+    gradients equal the default network's (float64, so that only rounding can differ)."""
+    x = torch.randn(3, 128, SMALL_D, dtype=torch.float64)
+    results = []
+    for values in ({}, switches):
+        model = ops.build_model(Config(method=method, base_width=24, anchor_width=40, **values), SMALL_D).double()
+        outputs = model(x)
+        sum((v * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype)).sum() for v in outputs.values()).backward()
+        results.append((outputs, {name: p.grad for name, p in model.named_parameters()}))
+    (out0, grad0), (out1, grad1) = results
+    for key in out0:
+        torch.testing.assert_close(out1[key], out0[key], rtol=1e-10, atol=1e-12)
+    for key in grad0:
+        torch.testing.assert_close(grad1[key], grad0[key], rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_layout_flows_through_the_network():
+    """With channels_last every anchor layer comes out channels-last (channels innermost):
+    no layer pays for a layout change."""
+    model = ops.build_model(Config(method='main_stream', base_width=24, anchor_width=40, channels_last=True), SMALL_D)
+    for layer in model.main_anchor_layers(torch.randn(2, 128, SMALL_D)):
+        assert layer.stride(1) == 1 and layer.stride(2) == layer.shape[1]

@@ -355,3 +355,21 @@ def test_cpu_upsampling_equals_conv_transpose(length):
     wanted = torch.autograd.grad(expected.square().sum(), (x, reference.weight, reference.bias))
     for a, b in zip(grads, wanted):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
+def test_loss_noise_drawn_beforehand_gives_the_same_loss(method):
+    """A training step draws the easy-negative noise before the step (CUDA graphs need that);
+    the loss is the one compute_loss gets by drawing from the same generator itself."""
+    cfg = Config(method=method, negative_ratio=3.0)
+    label, box, valid = gt_case()
+    torch.manual_seed(0)
+    names = ['main'] if method == 'main_stream' else ['main', 'localization', 'classification']
+    outputs = {name: torch.randn(2, 140, 24 if name != 'localization' else 4) for name in names}
+    drawn, _ = ops.compute_loss(outputs, label, box, valid, cfg, torch.Generator().manual_seed(5))
+    noise = ops.loss_noise(cfg, 2, torch.Generator().manual_seed(5))
+    assert noise.shape == (len(names) - (method == 'decouple_ssad'), 2, 140)
+    given, _ = ops.compute_loss(outputs, label, box, valid, cfg, noise=noise)
+    assert torch.equal(drawn, given)
+    other, _ = ops.compute_loss(outputs, label, box, valid, cfg, noise=torch.rand(noise.shape))
+    assert not torch.equal(drawn, other)
