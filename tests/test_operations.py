@@ -367,7 +367,8 @@ def test_loss_noise_drawn_beforehand_gives_the_same_loss(method):
     names = ['main'] if method == 'main_stream' else ['main', 'localization', 'classification']
     outputs = {name: torch.randn(2, 140, 24 if name != 'localization' else 4) for name in names}
     for value in outputs.values():
-        value[..., -2:] = 0  # the default boxes: some match the ground truth, so easy negatives are drawn
+        value[..., -2:] = 0  # the default boxes: some match the ground truth
+        value[..., -3] = -1  # no hard negatives: easy ones are drawn
     drawn, _ = ops.compute_loss(outputs, label, box, valid, cfg, torch.Generator().manual_seed(5))
     noise = ops.loss_noise(cfg, 2, torch.Generator().manual_seed(5))
     assert noise.shape == (len(names) - (method == 'decouple_ssad'), 2, 140)
