@@ -2,24 +2,31 @@
 
     python bench.py                                   # GPU: 4741 / 5103 windows, D = 2048, as THUMOS14
     python bench.py --device cpu --windows 96 --test-windows 96 --dim 1024 --epochs 2
-    python bench.py --variants fp32,bf16 --methods decouple_ssad --json out.json
+    python bench.py --variants fp32,bf16+cl+group --methods decouple_ssad --json out.json
 
 Training runs the real training code (train.train) on random features that sit on
 the device, batch 48, and reports the windows/s of the last epoch (the first one
-pays for warm-up: cuDNN autotuning, torch.compile), the projected time of the
-paper's 31 epochs, and peak GPU memory. Inference runs test.predict_windows over
-the test windows; post-processing runs postprocess.post_process on its output.
-Variants: fp32 (the default and the paper's precision), tf32, bf16, bf16+compile.
-Checkpoints are not written (that is disk speed, not training speed).
+pays for warm-up: cuDNN autotuning, graph capture, torch.compile), the projected
+time of the paper's 31 epochs, the arithmetic rate (from the network's FLOP count)
+and peak GPU memory. Inference runs test.predict_windows over the test windows:
+the network alone, then with the predictions table; post-processing runs
+postprocess.post_process on its output. Checkpoints are not written (that is disk
+speed, not training speed).
+
+A variant is switches joined by '+': fp32 (the defaults: float32, CUDA graph),
+eager (no CUDA graph), tf32, bf16, cl (channels_last), group (group_branches),
+compile. A measurement that fails is reported and the others go on.
 """
 import argparse
 import json
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import config
 import operations
@@ -27,8 +34,28 @@ import postprocess
 import test
 import train
 
-VARIANTS = {'fp32': {}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
-            'bf16+compile': {'bf16': True, 'compile': True}}
+SWITCHES = {'fp32': {}, 'eager': {'cuda_graph': False}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
+            'cl': {'channels_last': True}, 'group': {'group_branches': True}, 'compile': {'compile': True}}
+
+
+def variant_switches(variant):
+    """'bf16+cl' -> {'bf16': True, 'channels_last': True}; ValueError naming an unknown switch."""
+    values = {}
+    for token in variant.split('+'):
+        if token not in SWITCHES:
+            raise ValueError(f'unknown switch {token!r} in variant {variant!r}; known: {", ".join(SWITCHES)}')
+        values.update(SWITCHES[token])
+    return values
+
+
+def flops_per_window(cfg, dim):
+    """FLOPs of one window's forward and backward pass through the network (counted on shapes only)."""
+    with torch.device('meta'):
+        model = operations.build_model(cfg, dim)
+        x = torch.randn(cfg.batch_size, cfg.input_steps, dim)
+    with FlopCounterMode(display=False) as counter:
+        sum(v.sum() for v in model(x).values()).backward()
+    return counter.get_total_flops() / cfg.batch_size
 
 
 def synthetic_set(num_windows, dim, cfg, device, seed=0):
@@ -46,7 +73,7 @@ def synthetic_set(num_windows, dim, cfg, device, seed=0):
             'gt_valid': gt_valid.to(device)}
 
 
-def bench_training(cfg, data, device):
+def bench_training(cfg, data, device, flops):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
@@ -56,8 +83,19 @@ def bench_training(cfg, data, device):
     epoch_s = len(data['features']) / speed
     return {'windows_per_s': round(speed, 1), 'epoch_s': round(epoch_s, 2),
             'projected_31_epochs_s': round(31 * epoch_s, 1), 'measured_total_s': round(total, 1),
+            'tflop_per_s': round(speed * flops / 1e12, 2),
             'peak_gpu_mem_gib': round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
             if device.type == 'cuda' else None}
+
+
+def synced_time(fn, device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    t0 = time.time()
+    out = fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return out, time.time() - t0
 
 
 def bench_inference(cfg, dim, num_windows, device):
@@ -65,18 +103,22 @@ def bench_inference(cfg, dim, num_windows, device):
     features = torch.randn(num_windows, cfg.input_steps, dim, device=device)
     starts = np.arange(num_windows) * 256
     videos = np.array([f'video_test_{i // 20:07d}' for i in range(num_windows)])
-    test.predict_windows(model, features[:cfg.batch_size], starts[:cfg.batch_size],
-                         videos[:cfg.batch_size], cfg)  # warm-up
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    t0 = time.time()
-    pred = test.predict_windows(model, features, starts, videos, cfg)
-    infer_s = time.time() - t0
+
+    def network():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            for i in range(0, num_windows, cfg.test_batch_size):
+                operations.predict(model(features[i:i + cfg.test_batch_size]), cfg)
+
+    operations.set_precision(cfg)
+    model.eval()
+    synced_time(network, device)  # warm-up: cuDNN autotuning
+    _, network_s = synced_time(network, device)
+    pred, infer_s = synced_time(lambda: test.predict_windows(model, features, starts, videos, cfg), device)
     t0 = time.time()
     detections = postprocess.post_process(pred, cfg, fps_of={})
     post_s = time.time() - t0
-    return {'inference_s': round(infer_s, 3), 'windows': num_windows, 'rows': len(pred),
-            'postprocess_s': round(post_s, 3), 'detections': len(detections)}
+    return {'network_s': round(network_s, 3), 'inference_s': round(infer_s, 3), 'windows': num_windows,
+            'rows': len(pred), 'postprocess_s': round(post_s, 3), 'detections': len(detections)}
 
 
 def main():
@@ -86,36 +128,66 @@ def main():
     parser.add_argument('--dim', type=int, default=2048, help='feature dimension D')
     parser.add_argument('--epochs', type=int, default=2, help='epochs per measurement (the last one is timed)')
     parser.add_argument('--methods', default='decouple_ssad,main_stream')
-    parser.add_argument('--variants', default='fp32,tf32,bf16,bf16+compile')
+    parser.add_argument('--variants', default='eager,fp32,tf32,bf16,bf16+cl+group',
+                        help='training variants, switches joined by +')
+    parser.add_argument('--test-variants', default='fp32,bf16+cl+group', help='inference variants')
+    parser.add_argument('--budget', type=float, default=0, help='seconds; start no measurement after (0: none)')
     parser.add_argument('--json', default=None, help='also write the figures here')
     cfg0, args = config.parse_config(parser)
+    train_variants, test_variants = args.variants.split(','), args.test_variants.split(',')
+    try:
+        for variant in train_variants + test_variants:
+            variant_switches(variant)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     device = torch.device(test.resolve_device(cfg0.device))
     print(f'device {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
           f'{torch.get_num_threads()} threads), torch {torch.__version__}', flush=True)
 
-    figures = {'device': str(device), 'windows': args.windows, 'dim': args.dim, 'train': {}}
+    figures = {'device': str(device), 'windows': args.windows, 'dim': args.dim, 'train': {}, 'test': {}}
     tmp = tempfile.mkdtemp(prefix='bench_')
     train.save_checkpoint = lambda *a, **k: None  # measure training, not the disk
-    for method in args.methods.split(','):
-        data = synthetic_set(args.windows, args.dim, cfg0, device)
-        for variant in args.variants.split(','):
-            cfg = config.Config(**{**cfg0.to_dict(), 'method': method, 'learning_rates': (1e-4,) * args.epochs,
-                                   'device': str(device), 'models_dir': tmp, 'logs_dir': tmp,
-                                   **VARIANTS[variant]})
-            out = bench_training(cfg, data, device)
-            figures['train'][f'{method} {variant}'] = out
-            print(f'train {method:13s} {variant:13s} {out["windows_per_s"]:8.1f} windows/s  '
-                  f'{out["epoch_s"]:7.2f} s/epoch  31 epochs ~ {out["projected_31_epochs_s"]:7.1f} s  '
-                  f'peak {out["peak_gpu_mem_gib"]} GiB', flush=True)
-        del data
-        cfg = config.Config(**{**cfg0.to_dict(), 'method': method})
-        out = bench_inference(cfg, args.dim, args.test_windows, device)
-        figures[f'test {method}'] = out
-        print(f'test  {method:13s} {out["windows"]} windows: inference {out["inference_s"]:.3f} s, '
-              f'post-processing of {out["rows"]} rows {out["postprocess_s"]:.3f} s', flush=True)
+    start = time.time()
+
+    def measure(kind, method, variant, fn):
+        if args.budget and time.time() - start > args.budget:
+            print(f'{kind:5s} {method:13s} {variant:15s} skipped: past --budget', flush=True)
+            return None
+        try:
+            out = fn()
+        except Exception as err:  # noqa: BLE001 - report and go on with the other measurements
+            traceback.print_exc()
+            print(f'{kind:5s} {method:13s} {variant:15s} FAILED: {type(err).__name__}: {err}', flush=True)
+            return None
+        figures[kind][f'{method} {variant}'] = out
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump(figures, f, indent=1)
+        return out
+
+    for method in args.methods.split(','):
+        cfg_m = config.Config(**{**cfg0.to_dict(), 'method': method})
+        flops = flops_per_window(cfg_m, args.dim)
+        print(f'{method}: {flops / 1e9:.2f} GFLOP per window (forward + backward), '
+              f'{flops * args.windows * 31 / 1e15:.2f} PFLOP for 31 epochs', flush=True)
+        data = synthetic_set(args.windows, args.dim, cfg0, device)
+        for variant in train_variants:
+            cfg = config.Config(**{**cfg_m.to_dict(), 'learning_rates': (1e-4,) * args.epochs,
+                                   'device': str(device), 'models_dir': tmp, 'logs_dir': tmp,
+                                   **variant_switches(variant)})
+            out = measure('train', method, variant, lambda: bench_training(cfg, data, device, flops))
+            if out:
+                print(f'train {method:13s} {variant:15s} {out["windows_per_s"]:8.1f} windows/s '
+                      f'{out["epoch_s"]:7.2f} s/epoch  31 epochs ~ {out["projected_31_epochs_s"]:7.1f} s  '
+                      f'{out["tflop_per_s"]:7.2f} TFLOP/s  peak {out["peak_gpu_mem_gib"]} GiB', flush=True)
+        del data
+        for variant in test_variants:
+            cfg = config.Config(**{**cfg_m.to_dict(), **variant_switches(variant)})
+            out = measure('test', method, variant, lambda: bench_inference(cfg, args.dim, args.test_windows, device))
+            if out:
+                print(f'test  {method:13s} {variant:15s} {out["windows"]} windows: network {out["network_s"]:.3f} s, '
+                      f'with the predictions table {out["inference_s"]:.3f} s; post-processing of '
+                      f'{out["rows"]} rows {out["postprocess_s"]:.3f} s', flush=True)
 
 
 if __name__ == '__main__':

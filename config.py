@@ -71,6 +71,7 @@ class Config:
     reshuffle_each_epoch: bool = True  # False = the release's one fixed shuffle for all epochs
     released_batching: bool = False    # True = the release's exact-48 batches (drops / repeats windows)
     small_num_data_for_test: bool = False  # release switch: train and test on one batch of windows
+    test_batch_size: int = 256         # windows per inference batch (any size gives the same numbers)
     keep_checkpoints: int = 2          # newest checkpoints kept in models/<run>/
     checkpoint_every: int = 1          # epochs between checkpoints (the last epoch is always saved)
     device: str = 'auto'               # auto | cpu | cuda | cuda:1 ...
@@ -211,6 +212,8 @@ def check_config(cfg):
         problems.append('aspect_ratios is empty')
     if cfg.batch_size < 1:
         problems.append('batch_size must be >= 1')
+    if cfg.test_batch_size < 1:
+        problems.append('test_batch_size must be >= 1')
     if problems:
         raise SystemExit('error: bad config: ' + '; '.join(problems))
 

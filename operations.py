@@ -379,6 +379,16 @@ def predict(outputs, cfg):
 # ----------------------------------------------------------------------------
 # Models and checkpoints
 
+def set_precision(cfg):
+    """float32 arithmetic unless cfg.tf32. PyTorch lets cuDNN convolutions use TF32 by
+    default, which changes results in the 3rd-4th digit; fp32 is what the paper used."""
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.set_float32_matmul_precision('high' if cfg.tf32 else 'highest')
+    torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
+
+
+
 def build_model(cfg, feature_dim):
     """The network of cfg.method for features of width feature_dim, initialised as the release."""
     check_anchor_config(cfg)

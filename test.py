@@ -66,7 +66,8 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
         raise ValueError(f'{len(features)} feature windows, {len(starts)} starts and {len(videos)} videos: '
                          f'the window list and the features do not belong together')
     device = next(model.parameters()).device
-    bs = batch_size or cfg.batch_size
+    operations.set_precision(cfg)
+    bs = batch_size or cfg.test_batch_size
     was_training = model.training
     model.eval()
     parts = []

@@ -38,6 +38,7 @@ import load_data
 import operations
 
 POSTFIX_EVERY = 25  # steps between progress-bar loss updates; each one syncs host and device
+WARM_STEPS = 3      # eager steps before a CUDA graph is captured
 TERMS = ('total', 'class', 'loc', 'conf')
 
 
@@ -62,12 +63,7 @@ def setup_device(cfg):
             dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
             started = True
     rank = dist.get_rank() if world > 1 else 0
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-        # TF32 changes results in the 3rd-4th digit; fp32 is what the paper used.
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-        torch.set_float32_matmul_precision('high' if cfg.tf32 else 'highest')
+    operations.set_precision(cfg)
     return device, rank, world, started
 
 
@@ -180,6 +176,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     run_dir, log_path = config.get_models_dir(cfg), config.get_log_path(cfg)
 
     # ---- data: everything on the device once; a batch is an index-select ----
+    t_start = time.time()
     if data is None:
         data = load_data.load_train_data(cfg)
     num_windows = len(data['features'])
@@ -192,6 +189,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     gt_label = torch.as_tensor(data['gt_label']).to(device)
     gt_box = torch.as_tensor(data['gt_box']).to(device)
     gt_valid = torch.as_tensor(data['gt_valid']).to(device)
+    if master and progress:
+        print(f'{cfg.run_name}: {num_windows} training windows ({feature_dim}-d features) on {device} '
+              f'in {time.time() - t_start:.1f} s')
 
     # ---- resume, or start over ----
     checkpoints = list_checkpoints(run_dir)
@@ -306,7 +306,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         if static_noise is None:
             static_noise = noise.clone()
         static_noise.copy_(noise)
-        if graph is None and warm_steps < 3:
+        if graph is None and warm_steps < WARM_STEPS:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 optimizer.zero_grad(set_to_none=True)
@@ -319,9 +319,19 @@ def _train(cfg, fresh, data, progress, device, rank, world):
             # graph's backward writes fresh ones into its own memory at every replay
             optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                train_step(static_idx, static_noise)
-        graph.replay()
+            try:
+                with torch.cuda.graph(graph):
+                    train_step(static_idx, static_noise)
+            except RuntimeError as err:
+                if master:
+                    print(f'note: capturing the training step as a CUDA graph failed ({str(err).strip()[:200]}); '
+                          f'training goes on without (--cuda_graph=false skips the attempt)')
+                graph = False
+        if graph is False:
+            optimizer.zero_grad(set_to_none=True)
+            train_step(static_idx, static_noise)
+        else:
+            graph.replay()
 
     # ---- epochs ----
     result = None
@@ -377,6 +387,8 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed}
     if world > 1:
         dist.barrier()  # the last checkpoint is on disk before any rank returns
+    if master and progress and result:
+        print(f'{cfg.run_name}: epochs {start_epoch}-{result["epoch"]} trained in {time.time() - t_start:.1f} s')
     return result
 
 

@@ -83,23 +83,29 @@ def regenerate_weights(d):
     return arrays
 
 
-def test_forward_main_stream(shared):
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_forward_main_stream(shared, device, channels_last):
     d = np.load(shared / 'reference' / 'forward_main_stream.npz')
-    cfg = Config(method='main_stream')
+    cfg = Config(method='main_stream', channels_last=channels_last)
+    ops.set_precision(cfg)  # float32 on a GPU too (no TF32)
     model = ops.build_model(cfg, 1024)
     model.load_state_dict(ops.state_dict_from_tf(model, regenerate_weights(d)))
     x = torch.from_numpy(d['X'])
     # float64 shows the computation is the release's (its own float32 rounding is ~1e-5);
     # float32, the training precision, then agrees to float32 accumulation error
     for dtype, atol in ((torch.float64, 1e-5), (torch.float32, 1e-4)):
-        net = model.to(dtype)
+        net = model.to(device, dtype)
         with torch.no_grad():
-            xs = x.to(dtype)
+            xs = x.to(device, dtype)
             base = net.base(xs)
             mals = net.main_anchor_layers(xs)
             out = net(xs)
         close = lambda got, key: np.testing.assert_allclose(  # noqa: E731
-            got.float().numpy(), d[key], atol=atol, rtol=0, err_msg=f'{key} {dtype}')
+            got.float().cpu().numpy(), d[key], atol=atol, rtol=0, err_msg=f'{key} {dtype}')
         close(base.transpose(1, 2), 'inter/base_out')
         for i, mal in enumerate(mals):
             close(mal.transpose(1, 2), f'inter/MAL{i + 1}')
