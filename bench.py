@@ -15,7 +15,8 @@ speed, not training speed).
 
 A variant is switches joined by '+': fp32 (the defaults: float32, CUDA graph),
 eager (no CUDA graph), tf32, bf16, cl (channels_last), group (group_branches),
-compile. A measurement that fails is reported and the others go on.
+heur (cuDNN's heuristics instead of autotuning), compile. A measurement that fails
+is reported and the others go on.
 """
 import argparse
 import json
@@ -35,7 +36,8 @@ import test
 import train
 
 SWITCHES = {'fp32': {}, 'eager': {'cuda_graph': False}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
-            'cl': {'channels_last': True}, 'group': {'group_branches': True}, 'compile': {'compile': True}}
+            'cl': {'channels_last': True}, 'group': {'group_branches': True}, 'compile': {'compile': True},
+            'heur': {'cudnn_benchmark': False}}
 
 
 def variant_switches(variant):
@@ -82,6 +84,7 @@ def bench_training(cfg, data, device, flops):
     speed = result['windows_per_s']
     epoch_s = len(data['features']) / speed
     return {'windows_per_s': round(speed, 1), 'epoch_s': round(epoch_s, 2),
+            'first_epoch_s': round(result['epoch_seconds'][0], 2),
             'projected_31_epochs_s': round(31 * epoch_s, 1), 'measured_total_s': round(total, 1),
             'tflop_per_s': round(speed * flops / 1e12, 2),
             'peak_gpu_mem_gib': round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
@@ -179,7 +182,8 @@ def main():
             if out:
                 print(f'train {method:13s} {variant:15s} {out["windows_per_s"]:8.1f} windows/s '
                       f'{out["epoch_s"]:7.2f} s/epoch  31 epochs ~ {out["projected_31_epochs_s"]:7.1f} s  '
-                      f'{out["tflop_per_s"]:7.2f} TFLOP/s  peak {out["peak_gpu_mem_gib"]} GiB', flush=True)
+                      f'{out["tflop_per_s"]:7.2f} TFLOP/s  first epoch {out["first_epoch_s"]:6.2f} s  '
+                      f'peak {out["peak_gpu_mem_gib"]} GiB', flush=True)
         del data
         for variant in test_variants:
             cfg = config.Config(**{**cfg_m.to_dict(), **variant_switches(variant)})

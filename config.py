@@ -81,6 +81,7 @@ class Config:
     cuda_graph: bool = True            # speed, same numbers: replay each training step as one CUDA graph
     channels_last: bool = False        # speed, same numbers: convolutions in NHWC layout (tensor cores)
     group_branches: bool = False       # speed, same numbers: Decouple-SSAD's two branches as grouped convolutions
+    cudnn_benchmark: bool = True       # speed: autotune each convolution shape once (costs seconds at start)
     feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16)
 
     # --- post-processing and fusion ---

@@ -385,7 +385,8 @@ def set_precision(cfg):
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.set_float32_matmul_precision('high' if cfg.tf32 else 'highest')
-    torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
+    # Autotuning picks each convolution's fastest kernel once per shape, at a start-up cost.
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
 
 

@@ -9,7 +9,8 @@
 #   --key=value  config overrides passed to every script (see config.py)
 #
 # With two or more GPUs the two streams run in parallel, one GPU each; with one
-# GPU or none they run one after the other. Outputs go to models/, results/ and
+# GPU or none they run one after the other. SHARE_GPU=1 bash run.sh ... runs them
+# in parallel on one GPU (it needs memory for both; bf16 Decouple-SSAD takes ~7 GiB). Outputs go to models/, results/ and
 # logs/ in the current folder (or --models_dir=, --results_dir=, --logs_dir=):
 # each stream's console output to logs/<mode>_<pretrain>_<method>.out, its
 # per-epoch loss lines to logs/<mode>_<pretrain>_<method>.log.
@@ -56,11 +57,12 @@ run_stream() {
 if [[ $stage != fuse ]]; then
     gpus=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
     declare -A status
-    if (( gpus >= 2 )); then
-        echo "run.sh: $gpus GPUs: temporal on GPU 0 and spatial on GPU 1, in parallel"
+    if (( gpus >= 2 )) || { (( gpus == 1 )) && [[ ${SHARE_GPU:-0} == 1 ]]; }; then
+        second=$(( gpus >= 2 ? 1 : 0 ))
+        echo "run.sh: $gpus GPU(s): temporal on GPU 0 and spatial on GPU $second, in parallel"
         CUDA_VISIBLE_DEVICES=0 run_stream temporal > "$logs/temporal_${pretrain}_${method}.out" 2>&1 &
         pid_temporal=$!
-        CUDA_VISIBLE_DEVICES=1 run_stream spatial > "$logs/spatial_${pretrain}_${method}.out" 2>&1 &
+        CUDA_VISIBLE_DEVICES=$second run_stream spatial > "$logs/spatial_${pretrain}_${method}.out" 2>&1 &
         pid_spatial=$!
         wait $pid_temporal; status[temporal]=$?
         wait $pid_spatial; status[spatial]=$?

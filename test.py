@@ -73,10 +73,11 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
     parts = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         for i in range(0, len(features), bs):
-            # A copy in float32: the features may be a read-only memory map, or float64 as released.
+            # Sent as stored (float16 / float32 / float64 as released) and made float32 on the
+            # device: no conversion pass on the host. A copy, as the features may be a read-only map.
             batch = features[i:i + bs] if torch.is_tensor(features) else torch.from_numpy(
-                np.array(features[i:i + bs], dtype=np.float32))
-            x = batch.to(device, torch.float32, non_blocking=True)
+                np.array(features[i:i + bs]))
+            x = batch.to(device, non_blocking=True).float()
             p = operations.predict(model(x), cfg)
             parts.append(torch.cat([p['class_prob'], p['conf'][..., None], p['xmin'][..., None],
                                     p['xmax'][..., None]], -1).float())

@@ -334,7 +334,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
             graph.replay()
 
     # ---- epochs ----
-    result = None
+    result, seconds = None, []
     for epoch in range(start_epoch, cfg.training_epochs):
         for group in optimizer.param_groups:
             if use_graph:
@@ -384,7 +384,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
                 f.flush()
             if progress:
                 tqdm.write(f'{line} ({speed:.1f} windows/s)')
-        result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed}
+        seconds.append(time.time() - t0)
+        result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed,
+                  'epoch_seconds': seconds}
     if world > 1:
         dist.barrier()  # the last checkpoint is on disk before any rank returns
     if master and progress and result:
