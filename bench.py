@@ -131,9 +131,9 @@ def main():
     parser.add_argument('--dim', type=int, default=2048, help='feature dimension D')
     parser.add_argument('--epochs', type=int, default=2, help='epochs per measurement (the last one is timed)')
     parser.add_argument('--methods', default='decouple_ssad,main_stream')
-    parser.add_argument('--variants', default='eager,fp32,tf32,bf16,bf16+cl+group',
+    parser.add_argument('--variants', default='eager,fp32,tf32,bf16,bf16+cl,bf16+cl+heur',
                         help='training variants, switches joined by +')
-    parser.add_argument('--test-variants', default='fp32,bf16+cl+group', help='inference variants')
+    parser.add_argument('--test-variants', default='fp32,bf16+cl', help='inference variants')
     parser.add_argument('--budget', type=float, default=0, help='seconds; start no measurement after (0: none)')
     parser.add_argument('--json', default=None, help='also write the figures here')
     cfg0, args = config.parse_config(parser)
@@ -183,7 +183,7 @@ def main():
                 print(f'train {method:13s} {variant:15s} {out["windows_per_s"]:8.1f} windows/s '
                       f'{out["epoch_s"]:7.2f} s/epoch  31 epochs ~ {out["projected_31_epochs_s"]:7.1f} s  '
                       f'{out["tflop_per_s"]:7.2f} TFLOP/s  first epoch {out["first_epoch_s"]:6.2f} s  '
-                      f'peak {out["peak_gpu_mem_gib"]} GiB', flush=True)
+                      f'peak {out["peak_gpu_mem_gib"] or "-"} GiB', flush=True)
         del data
         for variant in test_variants:
             cfg = config.Config(**{**cfg_m.to_dict(), **variant_switches(variant)})
