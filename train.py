@@ -13,7 +13,9 @@ the same weights as an uninterrupted run.
 
 The whole training set lives on the device and a batch is an index-select,
 so a step never waits for the host; losses are summed on the device and read
-once per epoch (and every POSTFIX_EVERY steps for the progress bar). With
+once per epoch (and every POSTFIX_EVERY steps for the progress bar). On one GPU
+the step is captured once as a CUDA graph and replayed for every full batch
+(cuda_graph), with the easy-negative draws made before each replay. With
 several processes each runs a slice of every batch and all compute the loss of
 the whole batch, so they end with the single-process weights up to rounding.
 """

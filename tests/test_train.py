@@ -227,3 +227,17 @@ def test_torchrun_two_processes_give_the_single_process_weights(tmp_path, full_r
     one = load(os.path.join(config.get_models_dir(full_cfg), 'model-ep-0.pt'))
     assert_same_tensors(one['model'], two['model'], exact=False)
     assert len(log_lines(cfg)) == 1
+
+
+def test_checkpoint_of_a_cuda_graph_run_resumes_on_a_cpu(tmp_path, data):
+    """A CUDA-graph run saves a capturable optimizer with a tensor learning rate; resuming it
+    elsewhere (here on a CPU, without a graph) must take its state and go on eagerly."""
+    first = train.train(make_cfg(tmp_path, learning_rates=LRS[:1]), data=data, progress=False)
+    ckpt = load(first['model_path'])
+    for group in ckpt['optimizer']['param_groups']:
+        group['lr'], group['capturable'] = torch.tensor(group['lr']), True
+    torch.save(ckpt, first['model_path'])
+    resumed = train.train(make_cfg(tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
+    assert resumed['epoch'] == 1
+    saved = load(resumed['model_path'])['optimizer']['param_groups'][0]
+    assert saved['lr'] == LRS[1] and saved['capturable'] is False
