@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -126,6 +127,11 @@ def set_rng_state(state, generator):
     except RuntimeError:  # saved on another device type (CPU <-> CUDA generators differ): not exact anyway
         print('note: the checkpoint\'s easy-negative RNG state is of another device; drawing from a new seed')
         generator.manual_seed(int(torch.randint(2 ** 62, (1,)).item()))
+
+
+def host_copy(tree):
+    """A copy of every tensor of a state tree in host memory: a snapshot later steps cannot change."""
+    return tree_map(lambda t: t.detach().to('cpu', copy=True), tree)
 
 
 def save_checkpoint(path, keep, state):
@@ -336,6 +342,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
             graph.replay()
 
     # ---- epochs ----
+    # A full-width checkpoint with its Adam state is about 1 GB, seconds of disk time: it is
+    # written by a thread from a host snapshot while the next epoch trains, one at a time.
+    writer, writing = ThreadPoolExecutor(max_workers=1), None
     result, seconds = None, []
     for epoch in range(start_epoch, cfg.training_epochs):
         for group in optimizer.param_groups:
@@ -376,10 +385,13 @@ def _train(cfg, fresh, data, progress, device, rank, world):
             # Writing a large model takes a while: checkpoint_every > 1 skips some (never the last).
             every = max(1, cfg.checkpoint_every)
             if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
-                save_checkpoint(path, cfg.keep_checkpoints, {
+                state = host_copy({
                     'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
                     'method': cfg.method, 'feature_dim': feature_dim, 'config': cfg.to_dict(),
                     'losses': losses, 'rng': rng_state(generator)})
+                if writing:
+                    writing.result()  # the previous write is done (its error, if any, raised here)
+                writing = writer.submit(save_checkpoint, path, cfg.keep_checkpoints, state)
             line = log_line(epoch, losses)
             with open(log_path, 'a') as f:
                 f.write(line + '\n')
@@ -389,6 +401,9 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         seconds.append(time.time() - t0)
         result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed,
                   'epoch_seconds': seconds}
+    if writing:
+        writing.result()
+    writer.shutdown()
     if world > 1:
         dist.barrier()  # the last checkpoint is on disk before any rank returns
     if master and progress and result:

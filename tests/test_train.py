@@ -241,3 +241,12 @@ def test_checkpoint_of_a_cuda_graph_run_resumes_on_a_cpu(tmp_path, data):
     assert resumed['epoch'] == 1
     saved = load(resumed['model_path'])['optimizer']['param_groups'][0]
     assert saved['lr'] == LRS[1] and saved['capturable'] is False
+
+
+def test_a_failed_checkpoint_write_stops_training(tmp_path, data, monkeypatch):
+    """Checkpoints are written by a background thread; its error must not be lost."""
+    def disk_full(path, keep, state):
+        raise OSError(f'{path}: no space left on device')
+    monkeypatch.setattr(train, 'save_checkpoint', disk_full)
+    with pytest.raises(OSError, match='no space left'):
+        train.train(make_cfg(tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
