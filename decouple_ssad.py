@@ -69,8 +69,8 @@ def both_branches(s1, s2, mals, channels_last):
     def up(x, name):
         return conv_transpose_up(x, *both(name), 2, channels_last)
 
-    bals = branch_forward(conv, up, *mals)
-    return [bal.chunk(2, 1)[0] for bal in bals], [bal.chunk(2, 1)[1] for bal in bals]
+    halves = [bal.chunk(2, 1) for bal in branch_forward(conv, up, *mals)]
+    return [h[0] for h in halves], [h[1] for h in halves]
 
 
 class DecoupleSSAD(MainStream):

@@ -8,8 +8,10 @@ A = 140 anchors (AL1, AL2, AL3 concatenated; anchor index = position * 5 + box)
 and channels [class logits..., conf, dx, dw]; the last three are always
 conf, dx, dw, so a binary head ([action logit, conf, dx, dw]) reads the same way.
 """
+import glob
 import math
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -411,6 +413,16 @@ def build_model(cfg, feature_dim):
 
 ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps',
                  'base_width', 'anchor_width')
+
+
+def list_checkpoints(run_dir):
+    """-> [(epoch, path)] of models/<run>/model-ep-<e>.pt, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
+        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
 
 
 def read_checkpoint(path, what='checkpoint'):

@@ -13,9 +13,7 @@ load_data reads (0.npy ... per window, packed.npy, <video>.npy) or a packed [W, 
 predictions file without a model.
 """
 import argparse
-import glob
 import os
-import re
 import time
 
 import numpy as np
@@ -40,16 +38,12 @@ def resolve_device(name):
 def newest_checkpoint(cfg):
     """models/<run>/model-ep-<e>.pt with the largest e; ValueError when there is none."""
     run_dir = C.get_models_dir(cfg)
-    found = []
-    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
-        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
+    found = operations.list_checkpoints(run_dir)
     if not found:
         raise ValueError(f'no checkpoint model-ep-<epoch>.pt in {run_dir}: train this run first '
                          f'(python train.py --mode {cfg.mode} --pretrain {cfg.pretrain} --method {cfg.method}) '
                          f'or give --checkpoint')
-    return max(found)[1]
+    return found[-1][1]
 
 
 def predict_windows(model, features, starts, videos, cfg, batch_size=None):

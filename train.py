@@ -20,7 +20,6 @@ several processes each runs a slice of every batch and all compute the loss of
 the whole batch, so they end with the single-process weights up to rounding.
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -95,16 +94,6 @@ def gather_batch(outputs, n):
 # -----------------------------------------------------------------------------
 # checkpoints, RNG states, log
 
-def list_checkpoints(run_dir):
-    """-> [(epoch, path)] of models/<run>/model-ep-<e>.pt, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
-        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
 def rng_state(generator):
     """Every RNG a run draws from, in a form torch.load(weights_only=True) accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -139,7 +128,7 @@ def save_checkpoint(path, keep, state):
     with fileio.atomic_path(path) as tmp:
         torch.save(state, tmp)
     if keep > 0:
-        for _, old in list_checkpoints(os.path.dirname(path))[:-keep]:
+        for _, old in operations.list_checkpoints(os.path.dirname(path))[:-keep]:
             os.remove(old)
 
 
@@ -202,7 +191,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
               f'in {time.time() - t_start:.1f} s')
 
     # ---- resume, or start over ----
-    checkpoints = list_checkpoints(run_dir)
+    checkpoints = operations.list_checkpoints(run_dir)
     if fresh and master:
         for _, path in checkpoints:
             os.remove(path)
@@ -313,7 +302,8 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         static_idx.copy_(idx)
         if static_noise is None:
             static_noise = noise.clone()
-        static_noise.copy_(noise)
+        else:
+            static_noise.copy_(noise)
         if graph is None and warm_steps < WARM_STEPS:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):

@@ -55,7 +55,7 @@ def load(path):
 
 
 def epochs_on_disk(cfg):
-    return [e for e, _ in train.list_checkpoints(config.get_models_dir(cfg))]
+    return [e for e, _ in operations.list_checkpoints(config.get_models_dir(cfg))]
 
 
 def log_lines(cfg):
