@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import checkpoints
 import config
 import operations
 import postprocess
 import test
+import thumos14
 import train
 
 SWITCHES = {'fp32': {}, 'eager': {'cuda_graph': False}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
@@ -53,7 +55,7 @@ def variant_switches(variant):
 def flops_per_window(cfg, dim):
     """FLOPs of one window's forward and backward pass through the network (counted on shapes only)."""
     with torch.device('meta'):
-        model = operations.build_model(cfg, dim)
+        model = checkpoints.build_model(cfg, dim)
         x = torch.randn(cfg.batch_size, cfg.input_steps, dim)
     with FlopCounterMode(display=False) as counter:
         sum(v.sum() for v in model(x).values()).backward()
@@ -102,7 +104,7 @@ def synced_time(fn, device):
 
 
 def bench_inference(cfg, dim, num_windows, device):
-    model = operations.build_model(cfg, dim).to(device)
+    model = checkpoints.build_model(cfg, dim).to(device)
     features = torch.randn(num_windows, cfg.input_steps, dim, device=device)
     starts = np.arange(num_windows) * 256
     videos = np.array([f'video_test_{i // 20:07d}' for i in range(num_windows)])
@@ -118,7 +120,7 @@ def bench_inference(cfg, dim, num_windows, device):
     _, network_s = synced_time(network, device)
     pred, infer_s = synced_time(lambda: test.predict_windows(model, features, starts, videos, cfg), device)
     t0 = time.time()
-    detections = postprocess.post_process(pred, cfg, fps_of={})
+    detections = postprocess.post_process(pred, cfg, thumos14.FpsTable())
     post_s = time.time() - t0
     return {'network_s': round(network_s, 3), 'inference_s': round(infer_s, 3), 'windows': num_windows,
             'rows': len(pred), 'postprocess_s': round(post_s, 3), 'detections': len(detections)}
@@ -136,20 +138,20 @@ def main():
     parser.add_argument('--test-variants', default='fp32,bf16+cl', help='inference variants')
     parser.add_argument('--budget', type=float, default=0, help='seconds; start no measurement after (0: none)')
     parser.add_argument('--json', default=None, help='also write the figures here')
-    cfg0, args = config.parse_config(parser)
-    train_variants, test_variants = args.variants.split(','), args.test_variants.split(',')
     try:
+        cfg0, args = config.parse_config(parser)
+        train_variants, test_variants = args.variants.split(','), args.test_variants.split(',')
         for variant in train_variants + test_variants:
             variant_switches(variant)
+        device = operations.resolve_device(cfg0.device)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
-    device = torch.device(test.resolve_device(cfg0.device))
     print(f'device {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
           f'{torch.get_num_threads()} threads), torch {torch.__version__}', flush=True)
 
     figures = {'device': str(device), 'windows': args.windows, 'dim': args.dim, 'train': {}, 'test': {}}
     tmp = tempfile.mkdtemp(prefix='bench_')
-    train.save_checkpoint = lambda *a, **k: None  # measure training, not the disk
+    checkpoints.write_checkpoint = lambda *a, **k: None  # measure training, not the disk
     start = time.time()
 
     def measure(kind, method, variant, fn):

@@ -16,6 +16,7 @@ import pandas as pd
 
 import config
 import evaluate
+import thumos14
 
 
 def make_result_file(path, gt, num_lines, seed):
@@ -50,14 +51,17 @@ def main():
     parser.add_argument('--lines', type=int, default=200000)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default=None, help='keep the result file here (default: a temporary file)')
-    cfg, args = config.parse_config(parser)
-    gt = evaluate.read_ground_truth(args.gt)
+    try:
+        cfg, args = config.parse_config(parser)
+        gt = evaluate.read_ground_truth(args.gt)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     with tempfile.TemporaryDirectory() as tmp:
         path = args.out or os.path.join(tmp, 'bench_result.txt')
         make_result_file(path, gt, args.lines, args.seed)
         print(f'{args.lines} detections, {len(gt["gt"])} instances, thresholds {evaluate.DEFAULT_THRESHOLDS}')
         t0 = time.perf_counter()
-        det = evaluate.read_result(path, gt['class_ids'])
+        det = thumos14.read_results(path, gt['class_ids'])
         t1 = time.perf_counter()
         print(f'read the result file: {t1 - t0:6.2f} s')
         for metric, fn in evaluate.EVALUATORS.items():

@@ -17,6 +17,7 @@ import numpy as np
 
 import config as C
 import postprocess as P
+import thumos14
 
 
 def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed=0, anchors=140):
@@ -33,7 +34,7 @@ def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed
 
     n = num_windows * anchors
     row_window = np.repeat(np.arange(num_windows), anchors)
-    # Anchor geometry as SPEC 5: three layers of 16, 8, 4 positions x 5 ratios.
+    # Anchor geometry as method.md §5: three layers of 16, 8, 4 positions x 5 ratios.
     centre, width = [], []
     for positions, scale in zip((16, 8, 4), (1 / 16, 1 / 8, 1 / 4)):
         c = np.repeat((np.arange(positions) + 0.5) / positions, 5)
@@ -69,17 +70,21 @@ def main():
     parser.add_argument('--foreground', type=float, default=0.1, help='fraction of non-background anchors')
     parser.add_argument('--csv', action='store_true', help='also time writing and reading the CSV')
     parser.add_argument('--repeat', type=int, default=3)
-    cfg, args = C.parse_config(parser)
+    try:
+        cfg, args = C.parse_config(parser)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    fps_of = thumos14.FpsTable()
 
     pred = synthetic_predictions(args.windows, args.videos, args.foreground, seed=cfg.seed)
     frame = P.predictions_frame(pred)
-    P.post_process(frame.iloc[:1000], cfg)  # warm-up
+    P.post_process(frame.iloc[:1000], cfg, fps_of)  # warm-up
     times, write_times = [], []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        det = P.post_process(frame, cfg)
+        det = P.post_process(frame, cfg, fps_of)
         t1 = time.perf_counter()
-        text = P.format_results(det)
+        text = thumos14.format_results(det)
         times.append(t1 - t0)
         write_times.append(time.perf_counter() - t1)
     kept = ((frame.score_0 < cfg.filter_neg_threshold) & (frame.conf > cfg.filter_conf_threshold)).sum()

@@ -3,7 +3,7 @@
 Edit the values below and rerun, or override any of them on the command line
 of any script with ``--key=value`` (``--learning_rates=1e-4,1e-4,1e-5`` for a
 tuple, ``--bf16=true`` for a flag). Names follow the authors' release where it
-had one. The values reproduce the released Decouple-SSAD (see SPEC.md); the
+had one. The values reproduce the released Decouple-SSAD (docs/method.md); the
 switches marked "improvement" are off by default.
 """
 import argparse
@@ -13,21 +13,7 @@ import sys
 from dataclasses import dataclass, fields
 from os.path import join
 
-# Model class index k (1..20) <-> THUMOS14 class id CLASS_REAL[k]; 0 is background.
-CLASS_REAL = [0, 7, 9, 12, 21, 22, 23, 24, 26, 31, 33, 36, 40, 45, 51, 68, 79, 85, 92, 93, 97]
-CLASS_NAMES = ['Background', 'BaseballPitch', 'BasketballDunk', 'Billiards', 'CleanAndJerk',
-               'CliffDiving', 'CricketBowling', 'CricketShot', 'Diving', 'FrisbeeCatch',
-               'GolfSwing', 'HammerThrow', 'HighJump', 'JavelinThrow', 'LongJump', 'PoleVault',
-               'Shotput', 'SoccerPenalty', 'TennisSwing', 'ThrowDiscus', 'VolleyballSpiking']
-CLASS_NAME_OF_ID = dict(zip(CLASS_REAL[1:], CLASS_NAMES[1:]))
-CLASS_INDEX_OF_ID = {cid: k for k, cid in enumerate(CLASS_REAL) if k > 0}
-
-# THUMOS14 test videos that are not 30 fps (the release hard-codes this table).
-DEFAULT_FPS = 30.0
-FPS_EXCEPTIONS = {'video_test_0000950': 25.0, 'video_test_0001058': 25.0,
-                  'video_test_0001195': 25.0, 'video_test_0001255': 25.0,
-                  'video_test_0001459': 25.0, 'video_test_0001207': 24.0}
-
+import thumos14
 
 @dataclass
 class Config:
@@ -40,7 +26,7 @@ class Config:
     data_dir: str = 'data/thumos14'    # <data_dir>/<split>/{thumos14_<split>_annotation.csv, window_info.log, gt.npz}
     feature_path: str = 'data/THUMOS14/feature'  # <feature_path>/<split>/<mode>DataX<pretrain>/{0.npy.. | packed .npy | <video>.npy}
     eval_gt_dir: str = 'data/thumos14/eval_annotation'  # <Class>_test.txt, Ambiguous_test.txt, detclasslist.txt
-    fps_file: str = ''                 # optional CSV "video,fps"; videos not listed use FPS_EXCEPTIONS, then 30
+    fps_file: str = ''                 # optional CSV "video,fps"; others: thumos14.FPS_EXCEPTIONS, then 30
     train_split_set: str = 'val'
     test_split_set: str = 'test'
     window_size: int = 512             # frames per window
@@ -50,7 +36,7 @@ class Config:
     overlap_ratio_threshold: float = 0.9  # a training window keeps an instance when > 0.9 of it is inside
 
     # --- network and anchors ---
-    num_classes: int = 21              # 20 THUMOS14 classes + background
+    num_classes: int = thumos14.NUM_CLASSES  # 20 THUMOS14 classes + background
     layers_name: tuple = ('AL1', 'AL2', 'AL3')
     num_anchors: tuple = (16, 8, 4)    # positions per anchor layer
     scale: tuple = (1 / 16, 1 / 8, 1 / 4)
@@ -136,7 +122,7 @@ def get_anno_path(cfg, split_set):
 
 
 def get_data_x_path(cfg, split_set, mode=None):
-    return join(cfg.feature_path, split_set, f'{mode or cfg.mode}DataX{cfg.pretrain}')
+    return thumos14.feature_folder(cfg.feature_path, split_set, mode or cfg.mode, cfg.pretrain)
 
 
 # --- command-line overrides ---
@@ -160,7 +146,7 @@ def _convert(name, default, text):
             return tuple(_convert(name, kind(), item.strip()) for item in text.split(',') if item.strip())
         return type(default)(text)
     except ValueError as err:
-        raise SystemExit(f'error: --{name}={text}: {err}') from None
+        raise ValueError(f'--{name}={text}: {err}') from None
 
 
 def apply_overrides(cfg, overrides):
@@ -173,18 +159,18 @@ def apply_overrides(cfg, overrides):
     while args:
         arg = args.pop(0)
         if not arg.startswith('--') or arg == '--':
-            raise SystemExit(f'error: unrecognised argument {arg!r}; config overrides are written --key=value')
+            raise ValueError(f'unrecognised argument {arg!r}; config overrides are written --key=value')
         key, has_value, text = arg[2:].partition('=')
         key = key.replace('-', '_')
         if key not in valid:
-            raise SystemExit(f'error: unknown config key {key!r}. Valid keys:\n  ' + '\n  '.join(sorted(valid)))
+            raise ValueError(f'unknown config key {key!r}. Valid keys:\n  ' + '\n  '.join(sorted(valid)))
         if not has_value:
             if isinstance(getattr(cfg, key), bool) and (not args or args[0].startswith('--')):
                 text = 'true'
             elif args and not args[0].startswith('--'):
                 text = args.pop(0)
             else:
-                raise SystemExit(f'error: --{key} needs a value: --{key}=VALUE')
+                raise ValueError(f'--{key} needs a value: --{key}=VALUE')
         setattr(cfg, key, _convert(key, getattr(cfg, key), text))
     check_config(cfg)
     return cfg
@@ -217,7 +203,7 @@ def check_config(cfg):
     if cfg.test_batch_size < 1:
         problems.append('test_batch_size must be >= 1')
     if problems:
-        raise SystemExit('error: bad config: ' + '; '.join(problems))
+        raise ValueError('bad config: ' + '; '.join(problems))
 
 
 def parse_config(parser=None, argv=None):
@@ -238,15 +224,20 @@ def parse_config(parser=None, argv=None):
     return cfg, args
 
 
+def as_settings(values):
+    """A saved config dict (JSON has no tuples) with its lists turned back into tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
 def config_from_dict(values):
-    """Rebuild a Config from to_dict() output (lists become tuples); unknown keys are an error."""
+    """Rebuild a Config from to_dict() output; unknown keys are an error."""
     cfg = Config()
     valid = {f.name for f in fields(cfg)}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ValueError(f'unknown config keys {unknown}')
-    for key, value in values.items():
-        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    for key, value in as_settings(values).items():
+        setattr(cfg, key, value)
     check_config(cfg)
     return cfg
 
@@ -256,7 +247,14 @@ def load_config(path):
         return config_from_dict(json.load(f))
 
 
-if __name__ == '__main__':
-    # `python config.py [--key=value ...]` prints the resulting config.
-    cfg, _ = parse_config()
+def main():
+    """`python config.py [--key=value ...]` prints the resulting config."""
+    try:
+        cfg, _ = parse_config()
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     print(json.dumps(cfg.to_dict(), indent=1))
+
+
+if __name__ == '__main__':
+    main()

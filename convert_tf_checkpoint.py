@@ -17,9 +17,9 @@ import re
 import numpy as np
 import torch
 
+import checkpoints
 import config
 import fileio
-import operations
 
 FIRST_KERNEL = 'base_feature_network/conv1d/kernel'
 # variables a training checkpoint may hold besides the weights
@@ -78,7 +78,7 @@ def open_source(src):
 
 
 def convert(source, cfg):
-    """Checkpoint dict (CONTRACTS format) for cfg.method from a checkpoint source; ValueError if it does not fit."""
+    """Checkpoint dict (docs/method.md §2) for cfg.method from a checkpoint source; ValueError if it does not fit."""
     keys = set(source.keys())
     if FIRST_KERNEL not in keys:
         raise ValueError(f'{source.path}: missing variable {FIRST_KERNEL}, so the feature dimension '
@@ -88,23 +88,23 @@ def convert(source, cfg):
         raise ValueError(f'{source.path}: variable {FIRST_KERNEL} has shape {list(first)}, expected [9, D, 512]')
     feature_dim = int(first[1])
     with torch.device('meta'):  # names and shapes only
-        model = operations.build_model(cfg, feature_dim)
-    wanted = {key for key, _, _ in operations.tf_variables(model)}
+        model = checkpoints.build_model(cfg, feature_dim)
+    wanted = {key for key, _, _ in checkpoints.tf_variables(model)}
     extra = sorted(k for k in keys - wanted if not BOOKKEEPING.search(k))
     if extra:
         raise ValueError(f'{source.path}: variables that a {cfg.method} model does not have, e.g. '
                          f'{extra[:3]} ({len(extra)} in all): wrong --method?')
     # shapes first, so that a bad file fails before any large array is read
     arrays = {}
-    for key, shape, _ in operations.tf_variables(model):
+    for key, shape, _ in checkpoints.tf_variables(model):
         if key not in keys:
             raise ValueError(f'{source.path}: missing variable {key} (expected shape {list(shape)})')
         if source.shape(key) != shape:
             raise ValueError(f'{source.path}: variable {key} has shape {list(source.shape(key))}, '
                              f'expected {list(shape)} (feature dimension {feature_dim})')
-    for key, _, _ in operations.tf_variables(model):
+    for key, _, _ in checkpoints.tf_variables(model):
         arrays[key] = np.asarray(source.get(key), dtype=np.float32)
-    state = operations.state_dict_from_tf(model, arrays, source.path)
+    state = checkpoints.state_dict_from_tf(model, arrays, source.path)
     epoch = re.search(r'-ep-(\d+)', os.path.basename(source.path))
     return {'model': state, 'method': cfg.method, 'feature_dim': feature_dim,
             'config': cfg.to_dict(), 'epoch': int(epoch.group(1)) if epoch else -1}
@@ -117,14 +117,13 @@ def main(argv=None):
     parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), required=True)
     parser.add_argument('--mode', choices=('temporal', 'spatial'), default=None)
     parser.add_argument('--pretrain', default=None)
-    cfg, args = config.parse_config(parser, argv)
-    fileio.check_writable(args.out)
     try:
+        cfg, args = config.parse_config(parser, argv)
+        fileio.check_writable(args.out)
         ckpt = convert(open_source(args.src), cfg)
+        checkpoints.write_checkpoint(args.out, ckpt)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
-    with fileio.atomic_path(args.out) as tmp:
-        torch.save(ckpt, tmp)
     n = sum(v.numel() for v in ckpt['model'].values())
     print(f'{args.out}: {cfg.method}, feature dimension {ckpt["feature_dim"]}, {n:,} parameters')
 

@@ -2,7 +2,7 @@
 
 Two metrics:
 - `kit`: the official THUMOS14 kit (TH14evalDet, release 2015-09-30), number for
-  number. This is how the paper was scored. Semantics (SPEC section 12):
+  number. This is how the paper was scored. Semantics (method.md §12):
   ground truth is the outer loop of a greedy match per (class, video); a match
   needs IoU strictly above the threshold; unmatched detections that overlap an
   Ambiguous interval are dropped; AP is the sum of precisions at the true
@@ -17,11 +17,8 @@ Two metrics:
 Result file: `video start_s end_s class_id score` per line, whitespace separated.
 """
 import argparse
-import csv
 import json
 import os
-import re
-import sys
 import warnings
 
 import numpy as np
@@ -29,118 +26,12 @@ import pandas as pd
 
 import config
 import fileio
+from thumos14 import EvalWarning, drop_unknown_classes, numeric_field, read_fields, read_results
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 AVG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METRIC_TITLES = {'kit': 'official THUMOS14 kit metric (TH14evalDet)',
                  'anet': 'ActivityNet-style metric (interpolated AP, Ambiguous ignored)'}
-
-
-class EvalWarning(UserWarning):
-    pass
-
-
-# ----------------------------------------------------------------------------
-# reading
-
-def _read_fields(path, ncols, what, numeric=()):
-    """Whitespace-separated text -> DataFrame, one row per line (blank lines dropped).
-
-    Columns `numeric` come back as float64 when every line parses (the fast path),
-    else every column is text and the caller's checks find the bad line. The index is
-    the 1-based line number, so errors can name file:line.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f'{what} not found: {path}')
-    # One spare column catches lines with too many fields; more than one spare makes
-    # the C parser itself complain (with the line number).
-    kwargs = dict(sep=r'\s+', header=None, names=range(ncols + 1), na_filter=False, skip_blank_lines=False,
-                  quoting=csv.QUOTE_NONE, engine='c')
-    try:
-        df = pd.read_csv(path, dtype={k: (np.float64 if k in numeric else object) for k in range(ncols + 1)},
-                         **kwargs)
-        if len(df) and (df[ncols] != '').any():
-            raise ValueError('too many fields')
-        df.index = np.arange(1, len(df) + 1)
-        return df[list(range(ncols))]
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame({k: pd.Series(dtype=object) for k in range(ncols)})
-    except (ValueError, pd.errors.ParserError):
-        pass  # some line is not regular: read it all as text to say which one
-    try:
-        df = pd.read_csv(path, dtype=str, **kwargs)
-    except pd.errors.ParserError as err:
-        found = re.search(r'in line (\d+), saw (\d+)', str(err))
-        if not found:
-            raise ValueError(f'{path}: {str(err).strip()}') from None
-        # The tokenizer stops at a line with too many fields; an earlier line may
-        # have too few, and the first bad line is the one to report.
-        df = pd.read_csv(path, dtype=str, nrows=int(found[1]) - 1, **kwargs)
-        if len(df) == 0 or not ((df[ncols] != '') | (df[ncols - 1] == '') & ~(df == '').all(axis=1)).any():
-            raise ValueError(f'{path}:{found[1]}: expected {ncols} fields, got {found[2]}') from None
-    df.index = np.arange(1, len(df) + 1)
-    blank = (df == '').all(axis=1).to_numpy()
-    df = df[~blank]
-    bad = (df[ncols] != '').to_numpy() | (df[ncols - 1] == '').to_numpy()
-    if bad.any():
-        line = df.index[np.argmax(bad)]
-        nfields = int((df.loc[line] != '').sum())
-        raise ValueError(f'{path}:{line}: expected {ncols} fields, got {nfields}')
-    return df[list(range(ncols))]
-
-
-def _numeric(df, col, path, name, integer=False):
-    """Column of strings -> finite float64 (or int64) array; the first bad line is an error."""
-    text = df[col]
-    if text.dtype == np.float64:
-        values = text.to_numpy()
-    else:
-        values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if integer:
-        bad |= values != np.round(values)
-    if bad.any():
-        i = np.argmax(bad)
-        kind = 'an integer' if integer else 'a finite number'
-        raise ValueError(f'{path}:{df.index[i]}: field {col + 1} ({name}) is {text.iloc[i]!r}, expected {kind}')
-    return values.astype(np.int64) if integer else values
-
-
-def read_result(path, class_ids=None):
-    """Read a THUMOS14 result file -> DataFrame(video, start, end, class_id, score), file order.
-
-    '.mp4' is removed from video names (as the kit does). With `class_ids`, lines of
-    other classes are counted, reported once and dropped; the count is in
-    df.attrs['num_unknown'].
-    """
-    path = str(path)
-    df = _read_fields(path, 5, 'result file', numeric=(1, 2, 3, 4))
-    out = pd.DataFrame({
-        'video': df[0].str.replace('.mp4', '', regex=False).to_numpy(dtype=object),
-        'start': _numeric(df, 1, path, 'start'),
-        'end': _numeric(df, 2, path, 'end'),
-        'class_id': _numeric(df, 3, path, 'class id', integer=True),
-        'score': _numeric(df, 4, path, 'score'),
-    })
-    out.attrs['num_unknown'] = 0
-    if len(out) == 0:
-        warnings.warn(f'{path}: no detections; every AP is 0', EvalWarning, stacklevel=2)
-    if class_ids is not None:
-        out = _drop_unknown(out, class_ids, path)
-    return out
-
-
-def _drop_unknown(det, class_ids, source):
-    known = np.isin(det['class_id'].to_numpy(), np.asarray(class_ids))
-    num_unknown = int((~known).sum()) + det.attrs.get('num_unknown', 0)
-    if not known.all():
-        ids = sorted(set(det['class_id'].to_numpy()[~known].tolist()))
-        warnings.warn(f'{source}: {int((~known).sum())} detections with class ids {ids[:10]}'
-                      f'{" ..." if len(ids) > 10 else ""} that are not THUMOS14 detection classes: ignored',
-                      EvalWarning, stacklevel=3)
-        det = det[known].reset_index(drop=True)
-    det.attrs['num_unknown'] = num_unknown
-    return det
 
 
 def read_ground_truth(gt_dir, subset='test'):
@@ -152,19 +43,19 @@ def read_ground_truth(gt_dir, subset='test'):
     """
     gt_dir = str(gt_dir)
     list_path = os.path.join(gt_dir, 'detclasslist.txt')
-    classes = _read_fields(list_path, 2, 'ground-truth class list')
+    classes = read_fields(list_path, 2, 'ground-truth class list')
     if len(classes) == 0:
         raise ValueError(f'{list_path}: no classes')
-    class_ids = _numeric(classes, 0, list_path, 'class id', integer=True)
+    class_ids = numeric_field(classes, 0, list_path, 'class id', integer=True)
     class_names = classes[1].tolist()
     if len(set(class_ids.tolist())) != len(class_ids):
         raise ValueError(f'{list_path}: repeated class ids')
 
     def read(name):
         path = os.path.join(gt_dir, f'{name}_{subset}.txt')
-        df = _read_fields(path, 3, 'ground-truth file', numeric=(1, 2))
-        return pd.DataFrame({'video': df[0].to_numpy(dtype=object), 'start': _numeric(df, 1, path, 'start'),
-                             'end': _numeric(df, 2, path, 'end')})
+        df = read_fields(path, 3, 'ground-truth file', numeric=(1, 2))
+        return pd.DataFrame({'video': df[0].to_numpy(dtype=object), 'start': numeric_field(df, 1, path, 'start'),
+                             'end': numeric_field(df, 2, path, 'end')})
 
     parts = []
     for c, name in enumerate(class_names):
@@ -270,9 +161,9 @@ def _prepare(result, gt, source):
             raise ValueError(f'detections need columns video, start, end, class_id, score; missing {sorted(missing)}')
         det = result
     else:
-        det = read_result(result)
+        det = read_results(result)
         source = str(result)
-    return _drop_unknown(det, gt['class_ids'], source)
+    return drop_unknown_classes(det, gt['class_ids'], source)
 
 
 def _class_index(det, class_ids):
@@ -475,7 +366,7 @@ EVALUATORS = {'kit': evaluate_kit, 'anet': evaluate_anet}
 def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False):
     """Several metrics on one result, reading the files once -> {metric: result dict}."""
     gt = read_ground_truth(gt_dir, subset)
-    det = result if isinstance(result, pd.DataFrame) else read_result(result, gt['class_ids'])
+    det = result if isinstance(result, pd.DataFrame) else read_results(result, gt['class_ids'])
     return {m: EVALUATORS[m](det, gt_dir, thresholds, subset, return_pr=return_pr, gt=gt) for m in metrics}
 
 
@@ -528,20 +419,15 @@ def main(argv=None):
     parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
     parser.add_argument('--metric', choices=['kit', 'anet', 'both'], default='kit')
     parser.add_argument('--json', default=None, help='write APs and mAPs here')
-    parser.add_argument('--plot-pr', default=None, help='write per-class precision-recall curves (PNG)')
-    parser.add_argument('--pr-threshold', type=float, default=0.5, help='tIoU of the --plot-pr curves')
     parser.add_argument('--summary', action='store_true', help='print only the mAP rows, not the per-class table')
-    cfg, args = config.parse_config(parser, argv)
-    gt_dir = args.gt or cfg.eval_gt_dir
-    for path in (args.json, args.plot_pr):
-        if path:
-            fileio.check_writable(path)
-    if args.plot_pr and not np.isclose(args.thresholds, args.pr_threshold).any():
-        raise SystemExit(f'error: --pr-threshold {args.pr_threshold} is not among --thresholds')
-    metrics = ('kit', 'anet') if args.metric == 'both' else (args.metric,)
     warnings.formatwarning = lambda msg, *a, **k: f'warning: {msg}\n'
     try:
-        results = evaluate(args.result, gt_dir, args.thresholds, args.subset, metrics, return_pr=bool(args.plot_pr))
+        cfg, args = config.parse_config(parser, argv)
+        gt_dir = args.gt or cfg.eval_gt_dir
+        metrics = ('kit', 'anet') if args.metric == 'both' else (args.metric,)
+        if args.json:
+            fileio.check_writable(args.json)
+        results = evaluate(args.result, gt_dir, args.thresholds, args.subset, metrics)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     print(f'result: {args.result}  ground truth: {gt_dir} ({args.subset})')
@@ -552,12 +438,6 @@ def main(argv=None):
     if args.json:
         write_json(results, args.json)
         print(f'\nwrote {args.json}')
-    if args.plot_pr:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from fig.plot_eval import plot_pr_curves
-        t = int(np.flatnonzero(np.isclose(args.thresholds, args.pr_threshold))[0])
-        plot_pr_curves(results, args.plot_pr, t, title=os.path.basename(args.result))
-        print(f'wrote {args.plot_pr}')
     return results
 
 

@@ -1,9 +1,11 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Safe file output: write to a temporary file beside the target, then rename; one
+process at a time per run folder.
 
 An interrupted run therefore never leaves a half-written result, log or
-checkpoint that looks whole.
+checkpoint that looks whole, and two runs never write into one folder.
 """
 import contextlib
+import fcntl
 import os
 import tempfile
 
@@ -40,11 +42,50 @@ def atomic_open(path, mode='w', **kwargs):
 
 
 def check_writable(path):
-    """Fail now, before any long work, if `path` cannot be created."""
+    """Fail now, before any long work, if `path` cannot be created (ValueError naming it)."""
     folder = os.path.dirname(os.path.abspath(path)) or '.'
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise SystemExit(f'error: cannot create folder for {path}: {err}') from None
-    if not os.access(folder, os.W_OK) or (os.path.isdir(path)):
-        raise SystemExit(f'error: cannot write {path}')
+        raise ValueError(f'cannot create folder for {path}: {err.strerror or err}') from None
+    if os.path.isdir(path):
+        raise ValueError(f'cannot write {path}: it is a folder')
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f'cannot write {path}: folder {folder} is not writable')
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what='run'):
+    """Hold an exclusive lock on `folder` (a `.lock` file in it) for the block; ValueError if
+    another process holds it. The kernel drops the lock when the process ends, however it
+    ends, so a crash never leaves it stuck."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, '.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'another process'
+            raise ValueError(f'{folder}: another {what} is using this folder (pid {holder}); '
+                             f'wait for it to end, or use another output folder') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
+def remove_stale_temporaries(folder, target=''):
+    """Delete the temporary files atomic_path leaves when a process is killed mid-write: all of
+    `folder`'s, or only those of the file named `target`.
+
+    Call it only where no live writer can own them (holding folder_lock, or for a file only
+    this process writes)."""
+    removed = []
+    prefix = f'.{target}.' if target else '.'
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.startswith(prefix) and name.endswith('.tmp'):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

@@ -1,4 +1,4 @@
-"""Fuse the temporal and spatial streams' predictions (SPEC 11) into one THUMOS14 result file.
+"""Fuse the temporal and spatial streams' predictions (method.md §11) into one THUMOS14 result file.
 
     python fuse.py --pretrain UCF101 --method decouple_ssad [--key=value ...]
     python fuse.py --temporal CSV --spatial CSV --out TXT [--key=value ...]
@@ -17,11 +17,28 @@ import os
 
 import config as C
 import postprocess
+import thumos14
 from fileio import check_writable
 
 
 def stream_predict_path(cfg, mode):
     return C.get_predict_result_path(dataclasses.replace(cfg, mode=mode))
+
+
+def fuse(cfg, temporal=None, spatial=None, out=None):
+    """Fuse two predictions CSVs (default: the run's) into a result file -> (its path, the detections)."""
+    temporal = temporal or stream_predict_path(cfg, 'temporal')
+    spatial = spatial or stream_predict_path(cfg, 'spatial')
+    out = out or C.get_fuse_result_path(cfg)
+    for path, mode in ((temporal, 'temporal'), (spatial, 'spatial')):
+        if not os.path.isfile(path):
+            raise ValueError(f'{mode}-stream predictions {path} not found; run python test.py --mode {mode} '
+                             f'--pretrain {cfg.pretrain} --method {cfg.method} first, or give --{mode} CSV')
+    if os.path.abspath(temporal) == os.path.abspath(spatial):
+        raise ValueError(f'--temporal and --spatial are the same file {temporal}')
+    check_writable(out)
+    fps_of = thumos14.video_fps(cfg.fps_file)
+    return out, postprocess.fuse_files(temporal, spatial, out, cfg, fps_of)
 
 
 def main(argv=None):
@@ -32,19 +49,9 @@ def main(argv=None):
     parser.add_argument('--temporal', default=None, help='temporal-stream predictions CSV')
     parser.add_argument('--spatial', default=None, help='spatial-stream predictions CSV')
     parser.add_argument('--out', default=None, help='result file (default results/result_fuse_<pretrain>_<method>.txt)')
-    cfg, args = C.parse_config(parser, argv)
-    temporal = args.temporal or stream_predict_path(cfg, 'temporal')
-    spatial = args.spatial or stream_predict_path(cfg, 'spatial')
-    out = args.out or C.get_fuse_result_path(cfg)
-    for path, mode in ((temporal, 'temporal'), (spatial, 'spatial')):
-        if not os.path.isfile(path):
-            raise SystemExit(f'error: {mode}-stream predictions {path} not found; run python test.py --mode {mode} '
-                             f'--pretrain {cfg.pretrain} --method {cfg.method} first, or give --{mode} CSV')
-    if os.path.abspath(temporal) == os.path.abspath(spatial):
-        raise SystemExit(f'error: --temporal and --spatial are the same file {temporal}')
-    check_writable(out)
     try:
-        det = postprocess.fuse_files(temporal, spatial, out, cfg)
+        cfg, args = C.parse_config(parser, argv)
+        out, det = fuse(cfg, args.temporal, args.spatial, args.out)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     print(f'wrote {out} ({len(det):,} detections, temporal weight {cfg.fuse_temporal_weight:.4g})')

@@ -1,9 +1,9 @@
 """THUMOS14 data: annotations, sliding windows, training boxes, features, batches.
 
-Everything the other stages read goes through here (SPEC sections 2, 3, 8, 14):
+Everything the other stages read goes through here (docs/method.md §2, §3, §8, §14):
 
     anno = read_annotation(csv)                      # validated annotation rows
-    starts, videos = make_windows(anno, 'val', cfg)  # SPEC 3 sliding windows
+    starts, videos = make_windows(anno, 'val', cfg)  # method.md §3 sliding windows
     gt = make_gt(anno, starts, videos, cfg)          # boxes kept by the 0.9 rule
     data = load_train_data(cfg)                      # features + dense padded ground truth
     for idx in epoch_batches(len(data['starts']), cfg, epoch): ...
@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from config import CLASS_INDEX_OF_ID, DEFAULT_FPS, FPS_EXCEPTIONS, get_anno_path, get_data_x_path
+from config import get_anno_path, get_data_x_path
 from fileio import atomic_open, atomic_path
+from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES
 
 ANNOTATION_COLUMNS = ('video', 'type', 'type_idx', 'startFrame', 'endFrame', 'frame_num')
 TRIM_FRAMES = 9        # the released window generator ignores the last 9 frames of every video
@@ -36,7 +37,7 @@ PACKED_NAME = 'packed.npy'
 # --- annotations ---
 
 def read_annotation(path):
-    """Read and validate a `thumos14_<split>_annotation.csv` (SPEC 2).
+    """Read and validate a `thumos14_<split>_annotation.csv` (method.md §2).
 
     Errors name the file and the line (line 1 is the header)."""
     if not os.path.isfile(path):
@@ -83,7 +84,7 @@ def _is_training(split, cfg):
     raise ValueError(f'unknown split {split!r}: expected {cfg.train_split_set!r} or {cfg.test_split_set!r}')
 
 
-# --- sliding windows (SPEC 3) ---
+# --- sliding windows (method.md §3) ---
 
 def candidate_windows(anno_df, training, cfg):
     """All sliding windows of every annotated video, before the training filter.
@@ -145,7 +146,7 @@ def make_gt(anno_df, starts, videos, cfg):
 
 
 def make_windows(anno_df, split, cfg):
-    """SPEC 3 windows of a split: (starts int64 [W], videos str [W]).
+    """method.md §3 windows of a split: (starts int64 [W], videos str [W]).
 
     `split` is 'val' / 'test' (cfg.train_split_set / cfg.test_split_set) or training=True/False.
     Training windows are the candidates that keep at least one instance."""
@@ -235,9 +236,9 @@ def check_gt(gt, path='ground truth'):
     if np.shape(gt['box']) != (m, 3):
         problems.append(f'box has shape {np.shape(gt["box"])}, expected ({m}, 3)')
     label = np.asarray(gt['label'])
-    if m and (label.min() < 1 or label.max() > 20):
-        bad = int(np.flatnonzero((label < 1) | (label > 20))[0])
-        problems.append(f'label[{bad}] = {label[bad]} is not a class index 1..20')
+    if m and (label.min() < 1 or label.max() >= NUM_CLASSES):
+        bad = int(np.flatnonzero((label < 1) | (label >= NUM_CLASSES))[0])
+        problems.append(f'label[{bad}] = {label[bad]} is not a class index 1..{NUM_CLASSES - 1}')
     box = np.asarray(gt['box'], dtype=np.float64)
     if box.shape == (m, 3) and not np.isfinite(box).all():
         problems.append(f'box[{int(np.flatnonzero(~np.isfinite(box).all(1))[0])}] is not finite')
@@ -338,7 +339,7 @@ def load_released_gt(window_info_path, gt_info_path, gt_label_path):
     """The release's training ground truth (window_info.log, gt_info.pkl, gt_label.pkl) as a gt dict."""
     starts, videos = read_window_info(window_info_path)
     info, onehot = safe_unpickle(gt_info_path), safe_unpickle(gt_label_path)
-    for path, items, width in ((gt_info_path, info, 3), (gt_label_path, onehot, 21)):
+    for path, items, width in ((gt_info_path, info, 3), (gt_label_path, onehot, NUM_CLASSES)):
         if not isinstance(items, list) or len(items) != len(starts):
             n = len(items) if isinstance(items, list) else type(items).__name__
             raise ValueError(f'{path}: expected a list of {len(starts)} arrays (one per line of '
@@ -372,12 +373,20 @@ def _check_array(a, path, shape=None):
         raise ValueError(f'{path}: expected shape [{want}], got {list(a.shape)}')
 
 
-def _check_finite(a, path, chunk=64):
+def _check_finite(a, path, what='entry', numbers=None, chunk=64):
+    """ValueError naming `path` and the first entry (window or step) of `a` holding NaN or inf.
+
+    Run it on the array as the network will read it (after any cast): a float64 value beyond
+    float16 / float32 range is finite in the file and inf in memory. numbers[i] is the
+    number to report for entry i (default i)."""
     # In chunks: a whole-array isfinite on several GB would double the memory.
     for i in range(0, len(a), chunk):
-        ok = np.isfinite(a[i:i + chunk]).reshape(len(a[i:i + chunk]), -1).all(1)
+        part = np.asarray(a[i:i + chunk])
+        ok = np.isfinite(part).reshape(len(part), -1).all(1)
         if not ok.all():
-            raise ValueError(f'{path}: NaN or inf in entry {i + int(np.flatnonzero(~ok)[0])}')
+            j = i + int(np.flatnonzero(~ok)[0])
+            raise ValueError(f'{path}: NaN or inf in {what} {j if numbers is None else numbers[j]}'
+                             f' (as {part.dtype}); fix or regenerate the features')
 
 
 def feature_layout(folder):
@@ -405,7 +414,8 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
 
     Returns [len(indices), cfg.input_steps, D] in cfg.feature_dtype. D comes from the data.
     `folder` overrides `<feature_path>/<split>/<mode>DataX<pretrain>`. With mmap=True a packed
-    array of the right dtype is returned memory-mapped (read-only) instead of read."""
+    array of the right dtype is returned memory-mapped (read-only) instead of read.
+    NaN or inf in what the network would read (after the cast) is an error naming the file."""
     folder = folder or get_data_x_path(cfg, split, mode)
     starts = np.asarray(starts, np.int64)
     videos = np.asarray(videos, str)
@@ -416,45 +426,52 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
     if len(indices) and (indices.min() < 0 or indices.max() >= w):
         raise ValueError(f'window index out of range 0..{w - 1}')
     dtype = np.dtype(cfg.feature_dtype)
-    steps = cfg.input_steps
     layout = feature_layout(folder)
-
     if layout == 'packed':
-        path = os.path.join(folder, PACKED_NAME)
-        packed = _load_npy(path, mmap=True)
-        _check_array(packed, path)
-        if packed.shape[0] != w or packed.shape[1] != steps:
-            raise ValueError(f'{path}: shape {list(packed.shape)} does not fit the window list '
-                             f'({w} windows of {steps} steps); repack it for this window list')
-        if mmap and packed.dtype == dtype and np.array_equal(indices, np.arange(w)):
-            _check_finite(packed, path)
-            return packed
-        out = np.empty((len(indices), steps, packed.shape[2]), dtype)
-        for i in range(0, len(indices), 256):   # sequential reads of a few hundred MB at a time
-            out[i:i + 256] = packed[indices[i:i + 256]]
-        _check_finite(out, path)
-        return out
-
+        return _packed_features(folder, w, indices, cfg.input_steps, dtype, mmap)
     if layout == 'window':
-        beyond = os.path.join(folder, f'{w}.npy')
-        if os.path.exists(beyond):
-            raise ValueError(f'{beyond}: the folder holds more windows than the window list ({w}); '
-                             f'features and window list do not belong together')
-        out, dim = None, None
-        for j, i in enumerate(indices):
-            path = os.path.join(folder, f'{i}.npy')
-            a = _load_npy(path)
-            _check_array(a, path, (steps, dim))
-            if out is None:
-                dim = a.shape[1]
-                out = np.empty((len(indices), steps, dim), dtype)
-            if not np.isfinite(a).all():
-                raise ValueError(f'{path}: NaN or inf at step {int(np.flatnonzero(~np.isfinite(a).all(1))[0])}')
-            out[j] = a
-        return out if out is not None else np.zeros((0, steps, 0), dtype)
+        return _window_features(folder, w, indices, cfg.input_steps, dtype)
+    return _video_features(folder, starts, videos, indices, cfg.input_steps, dtype)
 
-    # Per-video files: slice each video once for all of its windows, several videos at a
-    # time (numpy copies without holding the GIL; the reads are what takes the time).
+
+def _packed_features(folder, w, indices, steps, dtype, mmap):
+    path = os.path.join(folder, PACKED_NAME)
+    packed = _load_npy(path, mmap=True)
+    _check_array(packed, path)
+    if packed.shape[0] != w or packed.shape[1] != steps:
+        raise ValueError(f'{path}: shape {list(packed.shape)} does not fit the window list '
+                         f'({w} windows of {steps} steps); repack it for this window list')
+    if mmap and packed.dtype == dtype and np.array_equal(indices, np.arange(w)):
+        _check_finite(packed, path, 'window')
+        return packed
+    out = np.empty((len(indices), steps, packed.shape[2]), dtype)
+    for i in range(0, len(indices), 256):   # sequential reads of a few hundred MB at a time
+        out[i:i + 256] = packed[indices[i:i + 256]]
+    _check_finite(out, path, 'window', indices)
+    return out
+
+
+def _window_features(folder, w, indices, steps, dtype):
+    beyond = os.path.join(folder, f'{w}.npy')
+    if os.path.exists(beyond):
+        raise ValueError(f'{beyond}: the folder holds more windows than the window list ({w}); '
+                         f'features and window list do not belong together')
+    out, dim = None, None
+    for j, i in enumerate(indices):
+        path = os.path.join(folder, f'{i}.npy')
+        a = _load_npy(path)
+        _check_array(a, path, (steps, dim))
+        if out is None:
+            dim = a.shape[1]
+            out = np.empty((len(indices), steps, dim), dtype)
+        out[j] = a
+        _check_finite(out[j], path, 'step')
+    return out if out is not None else np.zeros((0, steps, 0), dtype)
+
+
+def _video_features(folder, starts, videos, indices, steps, dtype):
+    """Per-video files: slice each video once for all of its windows, several videos at a
+    time (numpy copies without holding the GIL; the reads are what takes the time)."""
     sel_videos = videos[indices]
     names = np.unique(sel_videos)
     if len(names) == 0:
@@ -479,10 +496,10 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
             raise ValueError(f'{path}: window {indices[r]} starts at frame {starts[indices[r]]}, '
                              f'past the {len(a)} feature steps of the video')
         step = np.minimum(first[:, None] + np.arange(steps), len(a) - 1)   # short tail: repeat the last step
-        block = np.asarray(a[step.min():step.max() + 1])
-        if not np.isfinite(block).all():
-            raise ValueError(f'{path}: NaN or inf at step {step.min() + int(np.flatnonzero(~np.isfinite(block).all(1))[0])}')
-        out[rows] = block[step - step.min()]
+        lo = int(step.min())
+        block = np.asarray(a[lo:step.max() + 1]).astype(dtype, copy=False)
+        _check_finite(block, path, 'step', np.arange(lo, lo + len(block)))
+        out[rows] = block[step - lo]
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for done in [pool.submit(fill, video) for video in names]:
@@ -572,34 +589,3 @@ def epoch_batches(num_windows, cfg, epoch):
     if n - full * bs > 6:
         batches.append(order[-bs:])
     return batches
-
-
-# --- frame rates ---
-
-class FpsTable(dict):
-    """video -> fps; videos not in the table are DEFAULT_FPS. Callable too, and works with Series.map."""
-
-    def __missing__(self, video):
-        return DEFAULT_FPS
-
-    def __call__(self, video):
-        return self[video]
-
-
-def video_fps(cfg):
-    """The fps of every video: cfg.fps_file (CSV `video,fps`), then FPS_EXCEPTIONS, then 30."""
-    table = FpsTable(FPS_EXCEPTIONS)
-    if cfg.fps_file:
-        path = cfg.fps_file
-        if not os.path.isfile(path):
-            raise ValueError(f'{path}: fps file not found')
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if list(df.columns[:2]) != ['video', 'fps']:
-            raise ValueError(f'{path}: the header must be "video,fps", got {",".join(df.columns)}')
-        fps = pd.to_numeric(df['fps'], errors='coerce').to_numpy(np.float64)
-        bad = np.flatnonzero(~(fps > 0) | (df['video'].str.strip() == '').to_numpy())
-        if len(bad):
-            raise ValueError(f'{path}:{bad[0] + 2}: expected "<video>,<fps > 0>", got '
-                             f'{df["video"].iloc[bad[0]]},{df["fps"].iloc[bad[0]]}')
-        table.update(zip(df['video'].str.strip(), fps.tolist()))
-    return table

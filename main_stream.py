@@ -3,7 +3,7 @@
 Input [B, 128, D] features; output {'main': [B, 140, 21 + 3]} raw head output per
 anchor (class logits, conf, dx, dw), anchors of AL1, AL2, AL3 concatenated with
 index = position * 5 + box. Parameter names follow the TensorFlow checkpoint
-(see operations.tf_key).
+(see checkpoints.tf_key).
 """
 import torch
 import torch.nn as nn

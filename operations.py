@@ -8,10 +8,7 @@ A = 140 anchors (AL1, AL2, AL3 concatenated; anchor index = position * 5 + box)
 and channels [class logits..., conf, dx, dw]; the last three are always
 conf, dx, dw, so a binary head ([action logit, conf, dx, dw]) reads the same way.
 """
-import glob
 import math
-import os
-import re
 
 import torch
 import torch.nn as nn
@@ -91,7 +88,7 @@ def conv_transpose_up(x, weight, bias, groups=1, channels_last=False):
 
 
 class Conv1dSame(nn.Conv1d):
-    """Conv1d with TensorFlow "same" padding; channels_last is set by build_model from the config."""
+    """Conv1d with TensorFlow "same" padding; channels_last is set by checkpoints.build_model."""
     channels_last = False
 
     def forward(self, x):
@@ -274,7 +271,7 @@ def weighted_mean(term, weight):
 
 
 def sample_weights(score, conf, negative_ratio, generator=None, noise=None):
-    """Loss weights (P, W) of SPEC 7: positives, and positives + hard + drawn easy negatives.
+    """Loss weights (P, W) of method.md §7: positives, and positives + hard + drawn easy negatives.
 
     noise: uniform [0, 1) draws shaped like score for the easy negatives; drawn from
     generator when None.
@@ -327,7 +324,7 @@ def loss_noise(cfg, batch_size, generator=None, device=None):
 
 
 def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None, noise=None):
-    """Training loss of either method (SPEC 6-7).
+    """Training loss of either method (method.md §6-7).
 
     outputs: the model's forward dict; gt_label int64 [B, M] (model class index,
     0 = padding), gt_box [B, M, 2] (xmin, xmax normalised), gt_valid bool [B, M].
@@ -369,7 +366,7 @@ def compute_loss(outputs, gt_label, gt_box, gt_valid, cfg, generator=None, noise
 # Inference
 
 def predict(outputs, cfg):
-    """Per-anchor class probabilities, conf and window-normalised box (SPEC 9, before * 512 and clip)."""
+    """Per-anchor class probabilities, conf and window-normalised box (method.md §9, before * 512 and clip)."""
     k = cfg.num_classes
     outputs = {key: value.float() for key, value in outputs.items()}
     cls_out = outputs['classification'] if cfg.method == 'decouple_ssad' else outputs['main']
@@ -379,7 +376,25 @@ def predict(outputs, cfg):
 
 
 # ----------------------------------------------------------------------------
-# Models and checkpoints
+# Devices and precision
+
+def resolve_device(name):
+    """torch.device of a config `device` value: auto (CUDA when there is one), cpu, cuda, cuda:N."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f'device: {name!r} is not a device; use auto, cpu, cuda or cuda:N') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'device: {name} asked for, but CUDA is not available; use --device=cpu')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f'device: {name} asked for, but there are {torch.cuda.device_count()} GPU(s)')
+    elif device.type != 'cpu':
+        raise ValueError(f'device: {name!r} is not supported; use auto, cpu, cuda or cuda:N')
+    return device
+
 
 def set_precision(cfg):
     """float32 arithmetic unless cfg.tf32. PyTorch lets cuDNN convolutions use TF32 by
@@ -389,147 +404,3 @@ def set_precision(cfg):
     torch.set_float32_matmul_precision('high' if cfg.tf32 else 'highest')
     # Autotuning picks each convolution's fastest kernel once per shape, at a start-up cost.
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-
-
-
-def build_model(cfg, feature_dim):
-    """The network of cfg.method for features of width feature_dim, initialised as the release."""
-    check_anchor_config(cfg)
-    if int(feature_dim) < 1:
-        raise ValueError(f'feature_dim must be a positive integer, got {feature_dim}')
-    if cfg.method == 'main_stream':
-        from main_stream import MainStream
-        model = MainStream(cfg, int(feature_dim))
-    elif cfg.method == 'decouple_ssad':
-        from decouple_ssad import DecoupleSSAD
-        model = DecoupleSSAD(cfg, int(feature_dim))
-    else:
-        raise ValueError(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
-    for module in model.modules():
-        if hasattr(module, 'channels_last'):
-            module.channels_last = cfg.channels_last
-    return model
-
-
-ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps',
-                 'base_width', 'anchor_width')
-
-
-def list_checkpoints(run_dir):
-    """-> [(epoch, path)] of models/<run>/model-ep-<e>.pt, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, 'model-ep-*.pt')):
-        m = re.fullmatch(r'model-ep-(\d+)\.pt', os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
-def read_checkpoint(path, what='checkpoint'):
-    """torch.load(path, weights_only=True) on the CPU; ValueError naming the file when it is
-    missing or unreadable. Every checkpoint and weights file is read through here."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise ValueError(f'{what} {path} not found')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f'{what} {path} cannot be read: {err}') from None
-
-
-def load_model(path, cfg, device='cpu', feature_dim=None):
-    """Load a checkpoint written by train.py or convert_tf_checkpoint.py -> (model, ckpt).
-
-    Raises ValueError when the file is missing or unreadable, was trained for another
-    method or anchor layout, or (feature_dim given) expects features of another width.
-    """
-    path = str(path)
-    ckpt = read_checkpoint(path)
-    missing = [key for key in ('model', 'method', 'feature_dim') if not isinstance(ckpt, dict) or key not in ckpt]
-    if missing:
-        raise ValueError(f'checkpoint {path} lacks {missing}: not a checkpoint of this project')
-    if ckpt['method'] != cfg.method:
-        raise ValueError(f'checkpoint {path} holds a {ckpt["method"]} model, but method is {cfg.method}')
-    if feature_dim is not None and int(feature_dim) != int(ckpt['feature_dim']):
-        raise ValueError(f'checkpoint {path} expects features of dimension {ckpt["feature_dim"]}, '
-                         f'but the data has dimension {feature_dim}')
-    saved = ckpt.get('config') or {}
-    differ = [f'{key} (checkpoint {tuple(saved[key]) if isinstance(saved[key], list) else saved[key]}, '
-              f'config {getattr(cfg, key)})'
-              for key in ANCHOR_FIELDS if key in saved
-              and (tuple(saved[key]) if isinstance(saved[key], list) else saved[key]) != getattr(cfg, key)]
-    if differ:
-        raise ValueError(f'checkpoint {path} was trained with other anchor settings: ' + '; '.join(differ))
-    model = build_model(cfg, ckpt['feature_dim'])
-    state = ckpt['model']
-    expected = model.state_dict()
-    bad = sorted(set(expected) ^ set(state))
-    if bad:
-        raise ValueError(f'checkpoint {path}: parameters do not fit a {cfg.method} model: {bad[:5]}')
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f'checkpoint {path}: {key} has shape {tuple(value.shape)}, '
-                             f'expected {tuple(expected[key].shape)} (feature_dim {ckpt["feature_dim"]})')
-    model.load_state_dict(state)
-    return model.to(device), ckpt
-
-
-# ----------------------------------------------------------------------------
-# TensorFlow checkpoint layout
-#
-# Parameter names are TensorFlow's variable names with '/' -> '.' and
-# kernel -> weight, so the mapping is one-to-one; only layouts change:
-# conv1d kernel [k, in, out] -> Conv1d weight [out, in, k];
-# conv2d_transpose kernel [1, k, out, in] -> ConvTranspose1d weight [in, out, k].
-
-def tf_key(torch_key):
-    scope_name, leaf = torch_key.rsplit('.', 1)
-    return scope_name.replace('.', '/') + '/' + {'weight': 'kernel', 'bias': 'bias'}[leaf]
-
-
-def tf_shape(torch_key, shape):
-    """TensorFlow shape of a parameter of the given PyTorch shape."""
-    shape = tuple(shape)
-    if len(shape) == 1:
-        return shape
-    if 'conv2d_transpose' in torch_key:
-        return (1, shape[2], shape[1], shape[0])
-    return (shape[2], shape[1], shape[0])
-
-
-def tf_to_torch(key, array):
-    """PyTorch tensor of one TensorFlow variable (by checkpoint key)."""
-    t = torch.as_tensor(array, dtype=torch.float32)
-    if t.ndim == 1:
-        return t.clone()
-    if 'conv2d_transpose' in key:
-        return t[0].permute(2, 1, 0).contiguous()
-    return t.permute(2, 1, 0).contiguous()
-
-
-def torch_to_tf(key, tensor):
-    """TensorFlow-layout numpy array of one PyTorch parameter (by PyTorch key)."""
-    t = tensor.detach().cpu().float()
-    if t.ndim == 1:
-        return t.numpy().copy()
-    if 'conv2d_transpose' in key:
-        return t.permute(2, 1, 0)[None].contiguous().numpy()
-    return t.permute(2, 1, 0).contiguous().numpy()
-
-
-def tf_variables(model):
-    """[(checkpoint key, TF shape, torch key)] of a model, in the release's graph order."""
-    return [(tf_key(k), tf_shape(k, v.shape), k) for k, v in model.state_dict().items()]
-
-
-def state_dict_from_tf(model, arrays, source='checkpoint'):
-    """A state dict for `model` from {checkpoint key: array}; ValueError naming a missing key or bad shape."""
-    state = {}
-    for key, shape, torch_key in tf_variables(model):
-        if key not in arrays:
-            raise ValueError(f'{source}: missing variable {key} (expected shape {list(shape)})')
-        got = tuple(arrays[key].shape)
-        if got != shape:
-            raise ValueError(f'{source}: variable {key} has shape {list(got)}, expected {list(shape)}')
-        state[torch_key] = tf_to_torch(key, arrays[key])
-    return state

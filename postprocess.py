@@ -1,4 +1,4 @@
-"""Post-processing (SPEC 10) and two-stream fusion (SPEC 11), vectorised.
+"""Post-processing (method.md §10) and two-stream fusion (method.md §11), vectorised.
 
 From a predictions table (one row per anchor per window) to THUMOS14 detections:
 
@@ -23,13 +23,12 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-import config as C
+import thumos14
 from fileio import atomic_open
+from thumos14 import CLASS_REAL, CLIFF_DIVING, DIVING, NUM_CLASSES
 
-SCORE_COLUMNS = [f'score_{k}' for k in range(21)]
+SCORE_COLUMNS = [f'score_{k}' for k in range(NUM_CLASSES)]
 PRED_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax'] + SCORE_COLUMNS
-RESULT_FORMAT = '%s\t%.3f\t%.3f\t%d\t%.4f\n'
-CLIFF_DIVING, DIVING = 22, 26
 CANDIDATES_PER_ROW = 3
 
 
@@ -38,8 +37,8 @@ CANDIDATES_PER_ROW = 3
 def prediction_arrays(pred):
     """Column arrays of a predictions table given as a DataFrame or a dict.
 
-    A dict may hold `scores` [N, 21] instead of the 21 score_k columns.
-    Returns dict(video_name [N] str, start [N] int64, conf, xmin, xmax [N] float64, scores [N, 21] float64).
+    A dict may hold `scores` [N, K] instead of the K = NUM_CLASSES score_k columns.
+    Returns dict(video_name [N] str, start [N] int64, conf, xmin, xmax [N] float64, scores [N, K] float64).
     """
     if isinstance(pred, pd.DataFrame):
         missing = [c for c in PRED_COLUMNS if c not in pred.columns]
@@ -60,13 +59,13 @@ def prediction_arrays(pred):
     for key, value in out.items():
         if len(value) != n:
             raise ValueError(f'predictions table: column {key} has {len(value)} rows, video_name has {n}')
-    if out['scores'].ndim != 2 or out['scores'].shape[1] != 21:
-        raise ValueError(f'predictions table: scores must be [N, 21], got {out["scores"].shape}')
+    if out['scores'].ndim != 2 or out['scores'].shape[1] != NUM_CLASSES:
+        raise ValueError(f'predictions table: scores must be [N, {NUM_CLASSES}], got {out["scores"].shape}')
     return out
 
 
 def predictions_frame(arrays):
-    """The predictions CSV's DataFrame (SPEC 2 column order) from column arrays."""
+    """The predictions CSV's DataFrame (method.md §2 column order) from column arrays."""
     scores = np.asarray(arrays['scores'])
     # One column per score: pandas takes the column arrays as they are, where a 2-d block
     # would be transposed and copied (20x slower for the test set's 714k rows).
@@ -109,7 +108,7 @@ def read_predictions(path):
 
 
 def write_predictions(path, pred):
-    """Write a predictions table (DataFrame or column arrays) as the SPEC 2 CSV, atomically.
+    """Write a predictions table (DataFrame or column arrays) as the method.md §2 CSV, atomically.
 
     Floats are written in full precision, so reading the file back gives the same numbers.
     """
@@ -125,37 +124,27 @@ def write_predictions(path, pred):
 
 # ----------------------------------------------------------------------------- fps
 
-def default_fps_of(cfg=None):
-    """video -> fps: load_data's table (cfg.fps_file, then the exceptions, then 30) when there is one."""
-    try:
-        from load_data import video_fps
-    except ImportError:
-        video_fps = None
-    if video_fps is not None and cfg is not None:
-        return video_fps(cfg)
-    if cfg is not None and getattr(cfg, 'fps_file', ''):
-        raise ValueError(f'fps_file={cfg.fps_file} is set but load_data.video_fps, which reads it, is missing')
-    return lambda video: C.FPS_EXCEPTIONS.get(video, C.DEFAULT_FPS)
-
-
 def _fps_array(videos, fps_of):
-    """fps of each name in `videos` (a short array of unique names)."""
-    if isinstance(fps_of, dict):
-        table = fps_of
-        fps_of = lambda video: table.get(video, C.FPS_EXCEPTIONS.get(video, C.DEFAULT_FPS))  # noqa: E731
-    fps = np.array([float(fps_of(v)) for v in videos], dtype=np.float64)
+    """fps of each name in `videos` (a short array of unique names); fps_of maps video -> fps
+    (a mapping, or a function of the name)."""
+    fps = np.empty(len(videos), np.float64)
+    for i, video in enumerate(videos):
+        try:
+            fps[i] = float(fps_of(video) if callable(fps_of) else fps_of[video])
+        except KeyError:
+            raise ValueError(f'video {video}: no frame rate given') from None
     bad = ~(fps > 0) | ~np.isfinite(fps)
     if bad.any():
         raise ValueError(f'video {videos[np.flatnonzero(bad)[0]]}: fps {fps[bad][0]} is not a positive number')
     return fps
 
 
-# ----------------------------------------------------------------------------- SPEC 10
+# ----------------------------------------------------------------------------- method.md §10
 
 def top3_candidates(scores, conf):
     """The release's three candidates per row.
 
-    scores [N, 21] (softmax, column 0 background), conf [N] raw.
+    scores [N, K] (softmax, column 0 background), conf [N] raw.
     Returns (cls [N, 3] model class index 1..20, score [N, 3]) in float64 like the release.
     """
     s = scores[:, 1:] * (1.0 / (1.0 + np.exp(-conf)))[:, None]
@@ -268,12 +257,12 @@ def greedy_nms(group, start, end, threshold):
     return keep
 
 
-def post_process(pred, cfg, fps_of=None, fused=False):
-    """SPEC 10 on a predictions table (DataFrame or column arrays); SPEC 11's extra filter when `fused`.
+def post_process(pred, cfg, fps_of, fused=False):
+    """method.md §10 on a predictions table (DataFrame or column arrays); method.md §11's extra filter when `fused`.
 
-    fps_of: callable or dict video -> fps (default: load_data.video_fps(cfg), else the
-    THUMOS14 exceptions and 30). Returns a DataFrame of detections with columns
-    video, start, end (seconds), class_id (THUMOS14 id), score; order carries no meaning.
+    fps_of: video -> fps, e.g. thumos14.video_fps(cfg.fps_file), a dict or a function.
+    Returns a DataFrame of detections with columns video, start, end (seconds),
+    class_id (THUMOS14 id), score; order carries no meaning.
     """
     a = prediction_arrays(pred)
     mask = np.ones(len(a['conf']), bool)
@@ -286,7 +275,7 @@ def post_process(pred, cfg, fps_of=None, fused=False):
 
     video_code, videos = pd.factorize(a['video_name'][rows])
     cls, score = top3_candidates(a['scores'][rows], a['conf'][rows])
-    class_id = np.asarray(C.CLASS_REAL, np.int64)[cls]
+    class_id = np.asarray(CLASS_REAL, np.int64)[cls]
 
     # Candidates in the release's order within a video: all first choices (row order),
     # then all second, then all third, then the Diving copies of CliffDiving candidates.
@@ -302,7 +291,7 @@ def post_process(pred, cfg, fps_of=None, fused=False):
     # The candidates are in that release order already, so a stable sort of the reversed
     # array by (group, -score) gives it.
     cand_video = video_code[row]
-    group = cand_video * (max(C.CLASS_REAL) + 1) + cand_class
+    group = cand_video * (max(CLASS_REAL) + 1) + cand_class
     rev = np.arange(len(group))[::-1]
     order = rev[np.lexsort((-cand_score[rev], group[rev]))]
     group = group[order]
@@ -311,7 +300,7 @@ def post_process(pred, cfg, fps_of=None, fused=False):
     keep = greedy_nms(group, start, end, cfg.nms_threshold)
 
     kept = order[keep]
-    fps = _fps_array(np.asarray(videos, dtype=object), fps_of if fps_of is not None else default_fps_of(cfg))
+    fps = _fps_array(np.asarray(videos, dtype=object), fps_of)
     kv = cand_video[kept]
     return pd.DataFrame({'video': np.asarray(videos, dtype=object)[kv],
                          'start': a['xmin'][rows][row[kept]] / fps[kv],
@@ -330,7 +319,7 @@ def weighted_average(t, s, w):
 
 
 def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
-    """SPEC 11: weighted average of two aligned predictions tables (DataFrames).
+    """method.md §11: weighted average of two aligned predictions tables (DataFrames).
 
     Rows must describe the same windows in the same order; otherwise ValueError naming
     the first row (and file line) that differs. Returns the fused DataFrame, unfiltered:
@@ -356,51 +345,19 @@ def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
     return pd.concat([fused, pd.DataFrame(mixed, columns=cols)], axis=1)
 
 
-# ----------------------------------------------------------------------------- result file
+# ----------------------------------------------------------------------------- files
 
-def format_results(det):
-    """The THUMOS14 result text (SPEC 2) of a detections DataFrame."""
-    rows = zip(det['video'].tolist(), det['start'].tolist(), det['end'].tolist(),
-               det['class_id'].tolist(), det['score'].tolist())
-    return ''.join(map(RESULT_FORMAT.__mod__, rows))
-
-
-def write_results(path, det):
-    """Write detections in the THUMOS14 format, atomically."""
-    with atomic_open(path, 'w') as f:
-        f.write(format_results(det))
-
-
-def read_results(path):
-    """Read a THUMOS14 result file -> DataFrame(video, start, end, class_id, score); errors name the line."""
-    if not os.path.isfile(path):
-        raise ValueError(f'{path}: result file not found')
-    records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            try:
-                if len(parts) != 5:
-                    raise ValueError(f'expected 5 fields, got {len(parts)}')
-                records.append((parts[0], float(parts[1]), float(parts[2]), int(parts[3]), float(parts[4])))
-            except ValueError as err:
-                raise ValueError(f'{path}, line {lineno}: {err}: {line.rstrip()!r}') from None
-    return pd.DataFrame.from_records(records, columns=['video', 'start', 'end', 'class_id', 'score'])
-
-
-def process_file(pred_path, out_path, cfg, fps_of=None):
+def process_file(pred_path, out_path, cfg, fps_of):
     """Re-post-process an existing predictions CSV into a result file; returns the detections."""
     det = post_process(read_predictions(pred_path), cfg, fps_of)
-    write_results(out_path, det)
+    thumos14.write_results(out_path, det)
     return det
 
 
-def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of=None):
-    """SPEC 11 from two predictions CSVs into a result file; returns the detections."""
+def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of):
+    """method.md §11 from two predictions CSVs into a result file; returns the detections."""
     fused = fuse_predictions(read_predictions(temporal_path), read_predictions(spatial_path), cfg,
                              names=(temporal_path, spatial_path))
     det = post_process(fused, cfg, fps_of, fused=True)
-    write_results(out_path, det)
+    thumos14.write_results(out_path, det)
     return det

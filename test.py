@@ -5,9 +5,9 @@
     python test.py --predictions CSV --out TXT [--key=value ...]
 
 The first form loads the checkpoint (default: the newest models/<run>/model-ep-<e>.pt),
-predicts every window of the test list once (SPEC 9) and writes
+predicts every window of the test list once (method.md §9) and writes
 results/predict_<run>.csv (one row per anchor per window) and the post-processed
-results/result_<run>.txt (SPEC 10). --features takes a feature folder of any layout
+results/result_<run>.txt (method.md §10). --features takes a feature folder of any layout
 load_data reads (0.npy ... per window, packed.npy, <video>.npy) or a packed [W, 128, D]
 .npy file; --windows a window_info.log. The second form re-post-processes an existing
 predictions file without a model.
@@ -19,26 +19,19 @@ import time
 import numpy as np
 import torch
 
+import checkpoints
 import config as C
 import load_data
 import operations
 import postprocess
+import thumos14
 from fileio import check_writable
-
-
-def resolve_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name} asked for, but CUDA is not available')
-    return device
 
 
 def newest_checkpoint(cfg):
     """models/<run>/model-ep-<e>.pt with the largest e; ValueError when there is none."""
     run_dir = C.get_models_dir(cfg)
-    found = operations.list_checkpoints(run_dir)
+    found = checkpoints.list_checkpoints(run_dir)
     if not found:
         raise ValueError(f'no checkpoint model-ep-<epoch>.pt in {run_dir}: train this run first '
                          f'(python train.py --mode {cfg.mode} --pretrain {cfg.pretrain} --method {cfg.method}) '
@@ -47,7 +40,7 @@ def newest_checkpoint(cfg):
 
 
 def predict_windows(model, features, starts, videos, cfg, batch_size=None):
-    """The predictions table (SPEC 2 columns, one row per anchor per window) of every window, once (SPEC 9).
+    """The predictions table (method.md §2 columns, one row per anchor per window) of every window, once (method.md §9).
 
     features [W, 128, D] (numpy, memory-mapped or not, or a tensor); starts [W] window start
     frames; videos [W] names. Runs in batches on the model's device without gradients.
@@ -125,13 +118,13 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     checkpoint = checkpoint or newest_checkpoint(cfg)
     if not os.path.isfile(checkpoint):
         raise ValueError(f'checkpoint {checkpoint} not found')
-    device = resolve_device(cfg.device)
-    fps_of = postprocess.default_fps_of(cfg)  # a bad fps table fails now, not after the model ran
+    device = operations.resolve_device(cfg.device)
+    fps_of = thumos14.video_fps(cfg.fps_file)  # a bad fps table fails now, not after the model ran
 
     t0 = time.time()
     data = load_windows_and_features(cfg, features, windows)
     feats = data['features']
-    model, ckpt = operations.load_model(checkpoint, cfg, device, feature_dim=feats.shape[2])
+    model, ckpt = checkpoints.load_model(checkpoint, cfg, device, feature_dim=feats.shape[2])
     log(f'{len(data["starts"])} test windows ({feats.shape[2]}-d features) loaded in {time.time() - t0:.1f} s; '
         f'model {checkpoint} (epoch {ckpt.get("epoch", "?")}) on {device}')
 
@@ -140,7 +133,7 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     log(f'predicted {len(pred):,} anchors in {time.time() - t0:.1f} s')
     det = postprocess.post_process(pred, cfg, fps_of)
     postprocess.write_predictions(predict_path, pred)
-    postprocess.write_results(result_path, det)
+    thumos14.write_results(result_path, det)
     log(f'wrote {predict_path} and {result_path} ({len(det):,} detections)')
     return pred, det
 
@@ -156,16 +149,16 @@ def main(argv=None):
     parser.add_argument('--windows', default=None, help='window_info.log of the test windows')
     parser.add_argument('--predictions', default=None, help='re-post-process this predictions CSV (no model)')
     parser.add_argument('--out', default=None, help='result file (default results/result_<run>.txt)')
-    cfg, args = C.parse_config(parser, argv)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     try:
+        cfg, args = C.parse_config(parser, argv)
         if args.predictions:
             if args.checkpoint or args.features or args.windows:
                 raise ValueError('--predictions re-post-processes a file; it takes no --checkpoint, '
                                  '--features or --windows')
             out = args.out or C.get_result_path(cfg)
             check_writable(out)
-            det = postprocess.process_file(args.predictions, out, cfg)
+            det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))
             print(f'wrote {out} ({len(det):,} detections from {args.predictions})')
         else:
             run_test(cfg, args.checkpoint, args.features, args.windows, result_path=args.out)

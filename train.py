@@ -34,6 +34,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import checkpoints
 import config
 import fileio
 import load_data
@@ -49,12 +50,7 @@ TERMS = ('total', 'class', 'loc', 'conf')
 
 def setup_device(cfg):
     """-> (device, rank, world_size, started_process_group). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
-    name = cfg.device
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'error: --device={cfg.device} but CUDA is not available')
+    device = operations.resolve_device(cfg.device)
     world = int(os.environ.get('WORLD_SIZE', '1'))
     started = False
     if world > 1:
@@ -123,15 +119,6 @@ def host_copy(tree):
     return tree_map(lambda t: t.detach().to('cpu', copy=True), tree)
 
 
-def save_checkpoint(path, keep, state):
-    """Write atomically, then delete all but the newest `keep` checkpoints of the folder (0 keeps all)."""
-    with fileio.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    if keep > 0:
-        for _, old in operations.list_checkpoints(os.path.dirname(path))[:-keep]:
-            os.remove(old)
-
-
 def keep_log_lines(log_path, last_epoch):
     """On resume, drop the log lines of epochs after the checkpoint (they will be trained again)."""
     if not os.path.exists(log_path):
@@ -151,6 +138,256 @@ def log_line(epoch, losses):
 
 
 # -----------------------------------------------------------------------------
+# one training step
+
+class Step:
+    """One optimisation step on a batch of window indices: forward (this rank's slice of the
+    batch), matching and loss of the whole batch, backward, Adam. The epoch's loss sums stay
+    on the device (`sums`, in TERMS order)."""
+
+    def __init__(self, model, loss_fn, optimizer, tensors, cfg, rank=0, world=1):
+        self.model, self.loss_fn, self.optimizer, self.cfg = model, loss_fn, optimizer, cfg
+        self.tensors, self.rank, self.world = tensors, rank, world
+        self.device = tensors['features'].device
+        self.sums = torch.zeros(len(TERMS), device=self.device)
+
+    def loss(self, idx, noise):
+        """Loss of the batch `idx` (device tensor of window indices)."""
+        n, world, t = len(idx), self.world, self.tensors
+        local = idx
+        if world > 1:  # contiguous slices, the short last one padded with repeats that gather drops
+            per_rank = math.ceil(n / world)
+            rows = torch.arange(self.rank * per_rank, (self.rank + 1) * per_rank, device=self.device)
+            local = idx[rows.clamp_(max=n - 1)]
+        x = t['features'].index_select(0, local).float()
+        # no weight-cast cache: no weight is used twice, and a cache does not mix with CUDA graphs
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=False):
+            outputs = self.model(x)
+        outputs = tree_map(lambda v: v.float(), outputs)  # matching and loss in fp32
+        if world > 1:
+            outputs = gather_batch(outputs, n)
+        return self.loss_fn(outputs, t['gt_label'][idx], t['gt_box'][idx], t['gt_valid'][idx], self.cfg,
+                            noise=noise)
+
+    def run(self, idx, noise):
+        """The step itself; gradients must be None (eager) or a CUDA graph's own buffers."""
+        loss, terms = self.loss(idx, noise)
+        loss.backward()
+        self.optimizer.step()
+        self.sums.add_(torch.stack([loss.detach(), terms['class'], terms['loc'], terms['conf']]))
+
+    def __call__(self, idx, noise):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.run(idx, noise)
+
+
+class CudaGraphStep:
+    """Full batches through one captured CUDA graph: WARM_STEPS eager steps on a side stream
+    first (cuDNN autotuning, lazy state), then one capture, then replays; the same numbers
+    as eager steps. The graph reads the batch from static buffers, refilled before each replay.
+    If the capture fails, the steps run eagerly from then on."""
+
+    def __init__(self, step, batch_size, log=print):
+        self.step, self.log = step, log
+        self.graph, self.warm_steps = None, 0
+        self.static_idx = torch.zeros(batch_size, dtype=torch.int64, device=step.device)
+        self.static_noise = None  # shaped like the first full batch's draws
+        self.side = torch.cuda.Stream(step.device)
+
+    def __call__(self, idx, noise):
+        self.static_idx.copy_(idx)
+        if self.static_noise is None:
+            self.static_noise = noise.clone()
+        else:
+            self.static_noise.copy_(noise)
+        if self.graph is None and self.warm_steps < WARM_STEPS:
+            self.warm_up()
+            return
+        if self.graph is None:
+            self.capture()
+        if self.graph is False:
+            self.step(self.static_idx, self.static_noise)
+        else:
+            self.graph.replay()
+
+    def warm_up(self):
+        current = torch.cuda.current_stream(self.step.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            self.step(self.static_idx, self.static_noise)
+        current.wait_stream(self.side)
+        self.warm_steps += 1
+
+    def capture(self):
+        # Capture records the step without running it; gradients None so that the graph's
+        # backward writes fresh ones into its own memory at every replay.
+        self.step.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.step.run(self.static_idx, self.static_noise)
+        except RuntimeError as err:
+            self.log(f'note: capturing the training step as a CUDA graph failed ({str(err).strip()[:200]}); '
+                     f'training goes on without (--cuda_graph=false skips the attempt)')
+            self.graph = False
+
+
+# -----------------------------------------------------------------------------
+# set-up: data, resume, optimiser
+
+def training_tensors(cfg, data, device):
+    """The training set on the device, once: a batch is then an index-select."""
+    if data is None:
+        data = load_data.load_train_data(cfg)
+    if len(data['features']) == 0:
+        raise ValueError(f'the training set is empty: no windows for split {cfg.train_split_set!r} '
+                         f'({config.get_anno_path(cfg, cfg.train_split_set)}, '
+                         f'{config.get_data_x_path(cfg, cfg.train_split_set)})')
+    return {key: torch.as_tensor(data[key]).to(device) for key in ('features', 'gt_label', 'gt_box', 'gt_valid')}
+
+
+def newest_readable_checkpoint(run_dir, cfg, feature_dim, log=print):
+    """(checkpoint dict, path) of the newest checkpoint that reads and fits cfg, or (None, None).
+
+    An unreadable one (a crash mid-write on another file system, a damaged disk) is skipped
+    with a note, so the previous epoch's checkpoint takes over; one that reads but does not
+    fit the run is an error, since an older one would not fit either.
+    """
+    found = checkpoints.list_checkpoints(run_dir)
+    for _, path in reversed(found):
+        try:
+            ckpt = checkpoints.read_checkpoint(path)
+        except ValueError as err:
+            log(f'note: skipping {err}')
+            continue
+        try:
+            checkpoints.check_checkpoint(ckpt, path, cfg, feature_dim,
+                                         features=f'the data of {cfg.mode}/{cfg.pretrain}')
+        except ValueError as err:
+            raise ValueError(f'{err}; rerun with --fresh to start over') from None
+        return ckpt, path
+    if found:
+        raise ValueError(f'no checkpoint in {run_dir} can be read; rerun with --fresh to start over')
+    return None, None
+
+
+def note_changed_settings(ckpt, path, cfg, log=print):
+    saved = checkpoints.saved_settings(ckpt)
+    changed = [k for k, v in cfg.to_dict().items() if k != 'learning_rates' and k in saved and saved[k] != v]
+    if changed:
+        log(f'note: resuming {path} with changed settings: ' +
+            ', '.join(f'{k} {saved[k]!r} -> {getattr(cfg, k)!r}' for k in changed))
+
+
+def start_outputs(cfg, ckpt, fresh):
+    """Rank 0, holding the run folder's lock: clear what a fresh start replaces and what a killed
+    run left behind, save the config, and cut the log back to the resumed epoch."""
+    run_dir, log_path = config.get_models_dir(cfg), config.get_log_path(cfg)
+    if fresh:
+        for _, path in checkpoints.list_checkpoints(run_dir):
+            os.remove(path)
+    fileio.remove_stale_temporaries(run_dir)
+    with fileio.atomic_open(os.path.join(run_dir, 'config.json')) as f:
+        json.dump(cfg.to_dict(), f, indent=1)
+    os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
+    # logs/ is shared by every run: only this run's own leftovers go
+    fileio.remove_stale_temporaries(os.path.dirname(log_path) or '.', os.path.basename(log_path))
+    if ckpt:
+        keep_log_lines(log_path, ckpt['epoch'])
+    else:
+        with fileio.atomic_open(log_path):
+            pass
+
+
+def make_optimizer(model, cfg, ckpt, use_graph, device):
+    """Adam as released. fused: one pass over the parameters per step, several times faster
+    than the default on CPU too. For a CUDA graph the learning rate is a device tensor,
+    changed in place between epochs, and the state is capturable."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rates[0], betas=(0.9, 0.999),
+                                 eps=1e-8, fused=True, capturable=use_graph)
+    if ckpt:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    for group in optimizer.param_groups:  # whatever the checkpoint's run used
+        group['capturable'] = use_graph
+        group['lr'] = torch.tensor(float(group['lr']), device=device) if use_graph else float(group['lr'])
+    optimizer._warned_capturable_if_run_uncaptured = True  # a graph's odd-sized last batch runs eagerly
+    return optimizer
+
+
+def set_learning_rate(optimizer, lr):
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group['lr']):
+            group['lr'].fill_(lr)  # the tensor a CUDA graph reads
+        else:
+            group['lr'] = lr
+
+
+# -----------------------------------------------------------------------------
+# epochs
+
+def run_epoch(cfg, epoch, step, graph_step, generator, num_windows, bar):
+    """One pass over the epoch's batches -> ({term: mean loss}, windows seen)."""
+    device = step.device
+    batches = load_data.epoch_batches(num_windows, cfg, epoch)
+    bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
+    order = torch.as_tensor(np.concatenate(batches), dtype=torch.int64).to(device)
+    step.sums.zero_()
+    step.model.train()
+    for i in range(len(batches)):
+        idx = order[bounds[i]:bounds[i + 1]]
+        noise = operations.loss_noise(cfg, len(idx), generator, device)
+        if graph_step is not None and len(idx) == cfg.batch_size:
+            graph_step(idx, noise)
+        else:
+            step(idx, noise)
+        bar.update(len(idx))
+        if (i + 1) % POSTFIX_EVERY == 0 and not bar.disable:
+            bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in (step.sums / (i + 1)).tolist()])), refresh=False)
+    means = (step.sums / len(batches)).tolist()  # the one host-device sync of the epoch
+    bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in means])), refresh=False)
+    return dict(zip(TERMS, means)), bounds[-1]
+
+
+class CheckpointWriter:
+    """A full-width checkpoint with its Adam state is about 1 GB, seconds of disk time: it is
+    written by a thread from a host snapshot while the next epoch trains, one at a time. A
+    failed write raises at the next write or at close()."""
+
+    def __init__(self):
+        self.pool, self.pending = ThreadPoolExecutor(max_workers=1), None
+
+    def write(self, path, state, keep):
+        self.wait()
+        self.pending = self.pool.submit(checkpoints.write_checkpoint, path, host_copy(state), keep)
+
+    def wait(self):
+        if self.pending:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
+
+
+def end_epoch(cfg, epoch, losses, state, writer, log_path):
+    """Rank 0 after each epoch: the checkpoint (every checkpoint_every epochs and the last), the log line."""
+    every = max(1, cfg.checkpoint_every)
+    path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch)
+    if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
+        writer.write(path, state(), cfg.keep_checkpoints)
+    line = log_line(epoch, losses)
+    try:
+        with open(log_path, 'a') as f:
+            f.write(line + '\n')
+    except OSError as err:
+        raise ValueError(f'cannot write the log {log_path}: {err.strerror or err}') from None
+    return path, line
+
+
+# -----------------------------------------------------------------------------
 # training
 
 def train(cfg, fresh=False, data=None, progress=True):
@@ -158,11 +395,16 @@ def train(cfg, fresh=False, data=None, progress=True):
     {'losses': {total, class, loc, conf} of the last epoch, 'model_path', 'epoch', 'windows_per_s'}.
 
     data: optional dict as load_data.load_train_data returns (features [W,128,D], gt_label,
-    gt_box, gt_valid); read from cfg's paths when None.
+    gt_box, gt_valid); read from cfg's paths when None. Raises ValueError on bad data or a
+    checkpoint that does not fit, and when another process trains the same run.
     """
     device, rank, world, started = setup_device(cfg)
     try:
-        return _train(cfg, fresh, data, progress, device, rank, world)
+        if rank != 0:
+            return _train(cfg, fresh, data, progress, device, rank, world)
+        # One training per run folder: a second one is refused instead of mixing two runs.
+        with fileio.folder_lock(config.get_models_dir(cfg), 'training run'):
+            return _train(cfg, fresh, data, progress, device, rank, world)
     finally:
         if started:
             dist.destroy_process_group()
@@ -170,230 +412,84 @@ def train(cfg, fresh=False, data=None, progress=True):
 
 def _train(cfg, fresh, data, progress, device, rank, world):
     master = rank == 0
-    run_dir, log_path = config.get_models_dir(cfg), config.get_log_path(cfg)
-
-    # ---- data: everything on the device once; a batch is an index-select ----
+    log = print if master and progress else (lambda *a: None)
     t_start = time.time()
-    if data is None:
-        data = load_data.load_train_data(cfg)
-    num_windows = len(data['features'])
-    if num_windows == 0:
-        raise SystemExit(f'error: the training set is empty: no windows for split {cfg.train_split_set!r} '
-                         f'({config.get_anno_path(cfg, cfg.train_split_set)}, '
-                         f'{config.get_data_x_path(cfg, cfg.train_split_set)})')
-    feature_dim = int(data['features'].shape[2])
-    features = torch.as_tensor(data['features']).to(device)
-    gt_label = torch.as_tensor(data['gt_label']).to(device)
-    gt_box = torch.as_tensor(data['gt_box']).to(device)
-    gt_valid = torch.as_tensor(data['gt_valid']).to(device)
-    if master and progress:
-        print(f'{cfg.run_name}: {num_windows} training windows ({feature_dim}-d features) on {device} '
-              f'in {time.time() - t_start:.1f} s')
+    tensors = training_tensors(cfg, data, device)
+    num_windows, feature_dim = tensors['features'].shape[0], int(tensors['features'].shape[2])
+    log(f'{cfg.run_name}: {num_windows} training windows ({feature_dim}-d features) on {device} '
+        f'in {time.time() - t_start:.1f} s')
 
-    # ---- resume, or start over ----
-    checkpoints = operations.list_checkpoints(run_dir)
-    if fresh and master:
-        for _, path in checkpoints:
-            os.remove(path)
-    ckpt = None
-    if checkpoints and not fresh:
-        path = checkpoints[-1][1]
-        try:
-            ckpt = operations.read_checkpoint(path)
-        except ValueError as err:
-            raise SystemExit(f'error: {err}\n  (rerun with --fresh to start over)') from None
-        if ckpt.get('method') != cfg.method:
-            raise SystemExit(f'error: checkpoint {path} holds method {ckpt.get("method")!r}, '
-                             f'this run trains {cfg.method!r}; rerun with --fresh to start over')
-        if ckpt.get('feature_dim') != feature_dim:
-            raise SystemExit(f'error: checkpoint {path} was trained on features of dimension '
-                             f'{ckpt.get("feature_dim")}, but the features of {cfg.mode}/{cfg.pretrain} have '
-                             f'dimension {feature_dim}; rerun with --fresh to start over')
-        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get('config', {}).items()}
-        changed = [k for k, v in cfg.to_dict().items() if k != 'learning_rates' and k in saved and saved[k] != v]
-        if changed and master:
-            print(f'note: resuming {path} with changed settings: ' +
-                  ', '.join(f'{k} {saved[k]!r} -> {getattr(cfg, k)!r}' for k in changed))
-        if ckpt['epoch'] + 1 >= cfg.training_epochs:
-            if master:
-                print(f'{cfg.run_name}: training is complete ({ckpt["epoch"] + 1} epochs, '
-                      f'{cfg.training_epochs} asked); newest checkpoint {path}. --fresh trains again.')
-            return {'losses': ckpt.get('losses'), 'model_path': path, 'epoch': ckpt['epoch'],
-                    'windows_per_s': None}
-    start_epoch = ckpt['epoch'] + 1 if ckpt else 0
-
+    ckpt, ckpt_path = (None, None) if fresh else newest_readable_checkpoint(
+        config.get_models_dir(cfg), cfg, feature_dim, print if master else log)
+    if ckpt and ckpt['epoch'] + 1 >= cfg.training_epochs:
+        if master:
+            print(f'{cfg.run_name}: training is complete ({ckpt["epoch"] + 1} epochs, {cfg.training_epochs} '
+                  f'asked); newest checkpoint {ckpt_path}. --fresh trains again.')
+        return {'losses': ckpt.get('losses'), 'model_path': ckpt_path, 'epoch': ckpt['epoch'], 'windows_per_s': None}
+    if ckpt and master:
+        note_changed_settings(ckpt, ckpt_path, cfg)
     if master:
-        os.makedirs(run_dir, exist_ok=True)
-        with fileio.atomic_open(os.path.join(run_dir, 'config.json')) as f:
-            json.dump(cfg.to_dict(), f, indent=1)
-        os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
-        if ckpt:
-            keep_log_lines(log_path, ckpt['epoch'])
-        else:
-            open(log_path, 'w').close()
+        start_outputs(cfg, ckpt, fresh)
     if world > 1:
         dist.barrier()  # rank 0 has cleared old checkpoints before anyone writes
 
-    # ---- model, optimiser, RNGs ----
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # easy-negative draws
-    raw_model = operations.build_model(cfg, feature_dim).to(device)
+    raw_model = checkpoints.build_model(cfg, feature_dim).to(device)
     # A CUDA graph replays the whole step (forward, loss, backward, Adam) as one launch: an
     # eager step is bound by the host issuing about a thousand small kernels, not by the GPU.
     use_graph = cfg.cuda_graph and device.type == 'cuda' and world == 1 and not cfg.compile
-    # fused: one pass over the parameters per step, several times faster than the default on CPU too.
-    # In a graph the learning rate is a device tensor, changed in place between epochs.
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.learning_rates[0], betas=(0.9, 0.999),
-                                 eps=1e-8, fused=True, capturable=use_graph)
     if ckpt:
         raw_model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+    optimizer = make_optimizer(raw_model, cfg, ckpt, use_graph, device)
+    if ckpt:
         set_rng_state(ckpt['rng'], generator)
         if master:
-            print(f'{cfg.run_name}: resuming after epoch {ckpt["epoch"]} from {checkpoints[-1][1]}')
-    for group in optimizer.param_groups:  # whatever the checkpoint's run used
-        group['capturable'] = use_graph
-        group['lr'] = torch.tensor(float(group['lr']), device=device) if use_graph else float(group['lr'])
-    optimizer._warned_capturable_if_run_uncaptured = True  # a graph's odd-sized last batch runs eagerly
+            print(f'{cfg.run_name}: resuming after epoch {ckpt["epoch"]} from {ckpt_path}')
     model = raw_model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     loss_fn = operations.compute_loss
-    if cfg.compile:
-        # The loss too: matching and mining are many small kernels that fusion makes few.
+    if cfg.compile:  # the loss too: matching and mining are many small kernels that fusion makes few
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
+    step = Step(model, loss_fn, optimizer, tensors, cfg, rank, world)
+    graph_step = CudaGraphStep(step, cfg.batch_size, print if master else log) if use_graph else None
+    return run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim,
+                      ckpt['epoch'] + 1 if ckpt else 0, master, progress, world, t_start)
 
-    def forward_loss(idx, noise):
-        """Loss of the batch `idx` (device tensor of window indices); this rank runs its slice of it."""
-        n = len(idx)
-        if world > 1:  # contiguous slices, the short last one padded with repeats that gather drops
-            per_rank = math.ceil(n / world)
-            local = idx[torch.arange(rank * per_rank, (rank + 1) * per_rank, device=device).clamp_(max=n - 1)]
-        else:
-            local = idx
-        x = features.index_select(0, local).float()
-        # no weight-cast cache: no weight is used twice, and a cache does not mix with CUDA graphs
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=False):
-            outputs = model(x)
-        outputs = tree_map(lambda t: t.float(), outputs)  # matching and loss in fp32
-        if world > 1:
-            outputs = gather_batch(outputs, n)
-        return loss_fn(outputs, gt_label[idx], gt_box[idx], gt_valid[idx], cfg, noise=noise)
 
-    sums = torch.zeros(len(TERMS), device=device)  # the epoch's loss sums, added to on the device
-
-    def train_step(idx, noise):
-        """One optimisation step; gradients must be None (eager) or the graph's own buffers."""
-        loss, terms = forward_loss(idx, noise)
-        loss.backward()
-        optimizer.step()
-        sums.add_(torch.stack([loss.detach(), terms['class'], terms['loc'], terms['conf']]))
-
-    graph, warm_steps = None, 0
-    static_idx = torch.zeros(cfg.batch_size, dtype=torch.int64, device=device)
-    static_noise = None  # shaped like the first full batch's draws
-    side = torch.cuda.Stream(device) if use_graph else None
-
-    def graph_step(idx, noise):
-        """A full batch through the CUDA graph: a few eager steps on a side stream first (cuDNN
-        autotuning, lazy state), then one capture, then replays. Same numbers as eager steps."""
-        nonlocal graph, warm_steps, static_noise
-        static_idx.copy_(idx)
-        if static_noise is None:
-            static_noise = noise.clone()
-        else:
-            static_noise.copy_(noise)
-        if graph is None and warm_steps < WARM_STEPS:
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                optimizer.zero_grad(set_to_none=True)
-                train_step(static_idx, static_noise)
-            torch.cuda.current_stream(device).wait_stream(side)
-            warm_steps += 1
-            return
-        if graph is None:
-            # capture records the step without running it; gradients None so that the
-            # graph's backward writes fresh ones into its own memory at every replay
-            optimizer.zero_grad(set_to_none=True)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    train_step(static_idx, static_noise)
-            except RuntimeError as err:
-                if master:
-                    print(f'note: capturing the training step as a CUDA graph failed ({str(err).strip()[:200]}); '
-                          f'training goes on without (--cuda_graph=false skips the attempt)')
-                graph = False
-        if graph is False:
-            optimizer.zero_grad(set_to_none=True)
-            train_step(static_idx, static_noise)
-        else:
-            graph.replay()
-
-    # ---- epochs ----
-    # A full-width checkpoint with its Adam state is about 1 GB, seconds of disk time: it is
-    # written by a thread from a host snapshot while the next epoch trains, one at a time.
-    writer, writing = ThreadPoolExecutor(max_workers=1), None
+def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, start_epoch, master, progress, world,
+               t_start):
+    """The epoch loop: learning rate, one pass, checks, checkpoint and log line."""
+    log_path, writer = config.get_log_path(cfg), CheckpointWriter()
     result, seconds = None, []
-    for epoch in range(start_epoch, cfg.training_epochs):
-        for group in optimizer.param_groups:
-            if use_graph:
-                group['lr'].fill_(cfg.learning_rates[epoch])  # the tensor the graph reads
-            else:
-                group['lr'] = cfg.learning_rates[epoch]
-        batches = load_data.epoch_batches(num_windows, cfg, epoch)
-        bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
-        order = torch.as_tensor(np.concatenate(batches), dtype=torch.int64).to(device)
-        sums.zero_()
-        model.train()
-        t0 = time.time()
-        bar = tqdm(total=bounds[-1], unit='win', desc=f'{cfg.run_name} epoch {epoch}/{cfg.training_epochs - 1}',
-                   disable=not (progress and master), dynamic_ncols=True, leave=False)
-        for step in range(len(batches)):
-            idx = order[bounds[step]:bounds[step + 1]]
-            noise = operations.loss_noise(cfg, len(idx), generator, device)
-            if use_graph and len(idx) == cfg.batch_size:
-                graph_step(idx, noise)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                train_step(idx, noise)
-            bar.update(len(idx))
-            if (step + 1) % POSTFIX_EVERY == 0 and not bar.disable:
-                bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in (sums / (step + 1)).tolist()])),
-                                refresh=False)
-        means = (sums / len(batches)).tolist()  # the one host-device sync of the epoch
-        losses = dict(zip(TERMS, means))
-        speed = bounds[-1] / (time.time() - t0)
-        bar.set_postfix(dict(zip(TERMS, [f'{v:.4f}' for v in means])), refresh=False)
-        bar.close()
-        if not all(math.isfinite(v) for v in means):
-            raise SystemExit(f'error: {cfg.run_name}: loss is not finite in epoch {epoch}: {losses}')
-
-        path = os.path.join(run_dir, f'model-ep-{epoch}.pt')
-        if master:
-            # Writing a large model takes a while: checkpoint_every > 1 skips some (never the last).
-            every = max(1, cfg.checkpoint_every)
-            if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
-                state = host_copy({
-                    'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
+    try:
+        for epoch in range(start_epoch, cfg.training_epochs):
+            set_learning_rate(step.optimizer, cfg.learning_rates[epoch])
+            t0 = time.time()
+            with tqdm(total=step.tensors['features'].shape[0], unit='win', dynamic_ncols=True, leave=False,
+                      desc=f'{cfg.run_name} epoch {epoch}/{cfg.training_epochs - 1}',
+                      disable=not (progress and master)) as bar:
+                losses, seen = run_epoch(cfg, epoch, step, graph_step, generator, step.tensors['features'].shape[0],
+                                         bar)
+                speed = seen / (time.time() - t0)
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise ValueError(f'{cfg.run_name}: loss is not finite in epoch {epoch}: {losses}')
+            path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch)
+            if master:
+                state = lambda: {  # noqa: E731 - built only for the epochs that write one
+                    'model': raw_model.state_dict(), 'optimizer': step.optimizer.state_dict(), 'epoch': epoch,
                     'method': cfg.method, 'feature_dim': feature_dim, 'config': cfg.to_dict(),
-                    'losses': losses, 'rng': rng_state(generator)})
-                if writing:
-                    writing.result()  # the previous write is done (its error, if any, raised here)
-                writing = writer.submit(save_checkpoint, path, cfg.keep_checkpoints, state)
-            line = log_line(epoch, losses)
-            with open(log_path, 'a') as f:
-                f.write(line + '\n')
-                f.flush()
-            if progress:
-                tqdm.write(f'{line} ({speed:.1f} windows/s)')
-        seconds.append(time.time() - t0)
-        result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed,
-                  'epoch_seconds': seconds}
-    if writing:
-        writing.result()
-    writer.shutdown()
+                    'losses': losses, 'rng': rng_state(generator)}
+                path, line = end_epoch(cfg, epoch, losses, state, writer, log_path)
+                if progress:
+                    tqdm.write(f'{line} ({speed:.1f} windows/s)')
+            seconds.append(time.time() - t0)
+            result = {'losses': losses, 'model_path': path, 'epoch': epoch, 'windows_per_s': speed,
+                      'epoch_seconds': seconds}
+    finally:
+        writer.close()
     if world > 1:
         dist.barrier()  # the last checkpoint is on disk before any rank returns
     if master and progress and result:
@@ -407,8 +503,11 @@ def main():
     parser.add_argument('--pretrain', default=None, help='feature set, e.g. UCF101 (D=1024) or KnetV3 (D=2048)')
     parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), default=None)
     parser.add_argument('--fresh', action='store_true', help='delete this run\'s checkpoints and start over')
-    cfg, args = config.parse_config(parser)
-    train(cfg, fresh=args.fresh)
+    try:
+        cfg, args = config.parse_config(parser)
+        train(cfg, fresh=args.fresh)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ annotation CSV must use the same names (the table lists them).
 
 Steps. One step every 4 frames at the video's own fps: step t covers frames
 4t..4t+3 and T = frame_num // 4 (floor: a last group of fewer than 4 frames is
-dropped, so every step covers 4 real frames; the test windows of SPEC section 3
+dropped, so every step covers 4 real frames; the test windows of method.md §3
 never reach past (frame_num - 9) // 4 steps). frame_num is the number of frames
 actually decoded, not the container's claim.
 
@@ -62,10 +62,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import DEFAULT_FPS, parse_config  # noqa: E402
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import operations  # noqa: E402
+from checkpoints import read_checkpoint  # noqa: E402
+from config import parse_config  # noqa: E402
 from fileio import atomic_open, atomic_path  # noqa: E402
-from operations import read_checkpoint  # noqa: E402
+from thumos14 import DEFAULT_FPS, feature_folder  # noqa: E402
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
 STREAMS = ('spatial', 'temporal')
@@ -85,7 +88,7 @@ def import_cv2():
     try:
         import cv2
     except ImportError:
-        raise SystemExit('error: feature extraction needs OpenCV: pip install -r requirements-extract.txt') from None
+        raise ValueError('feature extraction needs OpenCV: pip install -r requirements-extract.txt') from None
     return cv2
 
 
@@ -93,8 +96,8 @@ def import_torchvision():
     try:
         import torchvision
     except Exception as err:  # a torchvision built for another torch fails with RuntimeError, not ImportError
-        raise SystemExit(
-            f'error: --backbone resnet50 needs torchvision, which does not import here ({type(err).__name__}: {err}).\n'
+        raise ValueError(
+            f'--backbone resnet50 needs torchvision, which does not import here ({type(err).__name__}: {err}).\n'
             'Install a torch / torchvision pair built for each other, e.g.\n'
             '  pip install torch==2.14.1 torchvision==0.29.1\n'
             'or use --backbone tiny to test the pipeline without it.') from None
@@ -114,15 +117,12 @@ def tiny_cnn(in_channels, dim=BACKBONE_DIMS['tiny']):
 
 def read_state_dict(path):
     """A state dict from a file: a bare one, or one under 'state_dict' / 'model'; 'module.' prefixes dropped."""
-    try:
-        sd = read_checkpoint(path, 'weights file')
-    except ValueError as err:
-        raise SystemExit(f'error: {err}') from None
+    sd = read_checkpoint(path, 'weights file')
     for key in ('state_dict', 'model'):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise SystemExit(f'error: {path} does not hold a state dict')
+        raise ValueError(f'{path} does not hold a state dict')
     return {k.removeprefix('module.'): v for k, v in sd.items()}
 
 
@@ -131,7 +131,7 @@ def load_weights(net, sd, source):
     try:
         net.load_state_dict(sd)
     except RuntimeError as err:
-        raise SystemExit(f'error: weights {source} do not fit the network: {err}') from None
+        raise ValueError(f'weights {source} do not fit the network: {err}') from None
 
 
 def imagenet_resnet50_weights(torchvision):
@@ -151,7 +151,7 @@ def build_backbones(streams, backbone, weights=None, weights_temporal=None, flow
     downloadable; tiny: random). Random weights are seeded so reruns give the same features.
     """
     if backbone not in BACKBONE_DIMS:
-        raise SystemExit(f'error: unknown backbone {backbone!r}; choose from {sorted(BACKBONE_DIMS)}')
+        raise ValueError(f'unknown backbone {backbone!r}; choose from {sorted(BACKBONE_DIMS)}')
     in_channels = {'spatial': 3, 'temporal': 2 * flow_length}
     nets = {}
     if backbone == 'tiny':
@@ -205,12 +205,12 @@ def make_flow_fn(method='auto'):
         method = 'tvl1' if hasattr(cv2, 'optflow') else 'dis'
     if method == 'tvl1':
         if not hasattr(cv2, 'optflow'):
-            raise SystemExit('error: --flow tvl1 needs opencv-contrib-python-headless (cv2.optflow); or use --flow dis')
+            raise ValueError('--flow tvl1 needs opencv-contrib-python-headless (cv2.optflow); or use --flow dis')
         create = cv2.optflow.DualTVL1OpticalFlow_create
     elif method == 'dis':
         create = lambda: cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # noqa: E731
     else:
-        raise SystemExit(f'error: unknown flow method {method!r}; choose auto, tvl1 or dis')
+        raise ValueError(f'unknown flow method {method!r}; choose auto, tvl1 or dis')
     local = threading.local()   # OpenCV's flow objects are not thread-safe: one per worker thread
 
     def flow_fn(a, b):
@@ -374,26 +374,22 @@ def list_videos(inputs, list_file=None):
         elif os.path.exists(item):
             paths.append(item)
         else:
-            raise SystemExit(f'error: no such video or folder: {item}')
+            raise ValueError(f'no such video or folder: {item}')
     if list_file:
         with open(list_file) as f:
             for i, line in enumerate(f, 1):
                 line = line.strip()
                 if line and not line.startswith('#'):
                     if not os.path.exists(line):
-                        raise SystemExit(f'error: {list_file}, line {i}: no such video: {line}')
+                        raise ValueError(f'{list_file}, line {i}: no such video: {line}')
                     paths.append(line)
     names = {}
     for p in paths:
         if video_name(p) in names and os.path.abspath(names[video_name(p)]) != os.path.abspath(p):
-            raise SystemExit(f'error: two videos would share the feature file {video_name(p)}.npy: '
+            raise ValueError(f'two videos would share the feature file {video_name(p)}.npy: '
                              f'{names[video_name(p)]} and {p}')
         names[video_name(p)] = p
     return list(names.values())
-
-
-def feature_dir(out, split, mode, pretrain):
-    return os.path.join(out, split, f'{mode}DataX{pretrain}')
 
 
 def info_path(out, split):
@@ -406,7 +402,7 @@ def read_info(path):
     df = pd.read_csv(path, dtype={'video': str})
     missing = set(INFO_COLUMNS) - set(df.columns)
     if missing:
-        raise SystemExit(f'error: {path}: missing columns {sorted(missing)}')
+        raise ValueError(f'{path}: missing columns {sorted(missing)}')
     return df
 
 
@@ -433,19 +429,14 @@ def missing_streams(name, streams, dirs, info):
     return todo
 
 
-def resolve_device(name):
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return name
-
-
 def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=None, weights_temporal=None,
                 size=None, flow='auto', flow_length=5, batch_size=32, device='auto', seed=0, progress=True,
                 flow_workers=None):
     """Extract every video not done yet. Returns (info DataFrame of the split, {video path: error message})."""
-    device = resolve_device(device)
+    device = str(operations.resolve_device(device))
+    import_cv2()  # once, before any video: without OpenCV none can be read
     size = size or DEFAULT_SIZES[backbone]
-    dirs = {s: feature_dir(out, split, s, pretrain) for s in streams}
+    dirs = {s: feature_folder(out, split, s, pretrain) for s in streams}
     table = info_path(out, split)
     info = read_info(table)
     todo = [(p, missing_streams(video_name(p), streams, dirs, info)) for p in videos]
@@ -497,14 +488,17 @@ def main(argv=None):
     parser.add_argument('--split', required=True, help='split folder under --out, e.g. val or test')
     parser.add_argument('--pretrain', default=None, help='name in <mode>DataX<pretrain> (default: backbone name)')
     parser.add_argument('--streams', default='spatial,temporal', help='spatial,temporal | spatial | temporal')
-    cfg, args = parse_config(parser, argv)
-    streams = parse_streams(args.streams)
-    videos = list_videos(args.inputs, args.list)
-    if not videos:
-        raise SystemExit('error: no videos given (files, folders or --list)')
-    out = args.out or cfg.feature_path
-    pretrain = args.pretrain or args.backbone
-    _, failures = extract_all(videos, out, args.split, pretrain, streams, **backbone_kwargs(args, cfg))
+    try:
+        cfg, args = parse_config(parser, argv)
+        streams = parse_streams(args.streams)
+        videos = list_videos(args.inputs, args.list)
+        if not videos:
+            raise ValueError('no videos given (files, folders or --list)')
+        out = args.out or cfg.feature_path
+        pretrain = args.pretrain or args.backbone
+        _, failures = extract_all(videos, out, args.split, pretrain, streams, **backbone_kwargs(args, cfg))
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     done = len(videos) - len(failures)
     print(f'done: {done} of {len(videos)} videos have features in {os.path.join(out, args.split)} '
           f'(table {info_path(out, args.split)})')
@@ -533,7 +527,7 @@ def add_backbone_args(parser):
 
 def backbone_kwargs(args, cfg):
     if args.flow_length < 1:
-        raise SystemExit('error: --flow-length must be >= 1')
+        raise ValueError('--flow-length must be >= 1')
     return dict(backbone=args.backbone, weights=args.weights, weights_temporal=args.weights_temporal,
                 size=args.size, flow=args.flow, flow_length=args.flow_length, batch_size=args.batch,
                 device=cfg.device, seed=cfg.seed, flow_workers=args.flow_workers)
@@ -543,7 +537,7 @@ def parse_streams(text):
     streams = [s.strip() for s in text.split(',') if s.strip()]
     bad = [s for s in streams if s not in STREAMS]
     if bad or not streams:
-        raise SystemExit(f'error: --streams {text!r}: choose from spatial, temporal')
+        raise ValueError(f'--streams {text!r}: choose from spatial, temporal')
     return streams
 
 

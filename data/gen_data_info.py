@@ -1,4 +1,4 @@
-"""Sliding windows of a split (SPEC 3): window_info.log, and for training windows gt.npz.
+"""Sliding windows of a split (method.md §3): window_info.log, and for training windows gt.npz.
 
     python data/gen_data_info.py --anno data/thumos14/val/thumos14_val_annotation.csv --split val --out data/thumos14/val
     python data/gen_data_info.py --anno data/thumos14/test/thumos14_test_annotation.csv --split test --out data/thumos14/test
@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import load_data  # noqa: E402
 from config import parse_config  # noqa: E402
@@ -25,8 +26,8 @@ def main():
                         'only windows keeping an instance, with gt.npz); test = test windows (stride 256)')
     parser.add_argument('--out', required=True, help='folder for window_info.log (and gt.npz)')
     parser.add_argument('--windows', default=None, help='use this window list (e.g. the released one) instead of generating')
-    cfg, args = parse_config(parser)
     try:
+        cfg, args = parse_config(parser)
         n = load_data.write_split_info(args.anno, args.split, args.out, cfg, args.windows)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None

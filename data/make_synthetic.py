@@ -30,13 +30,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import load_data  # noqa: E402
-from config import CLASS_NAME_OF_ID, CLASS_REAL, parse_config  # noqa: E402
+from config import parse_config  # noqa: E402
+from thumos14 import CLASS_IDS, CLASS_NAME_OF_ID, CLIFF_DIVING, DIVING, feature_folder  # noqa: E402
 
 SIZES = {  # windows (train, test), feature dim, video length range (frames), classes per video
     'demo': dict(train_windows=200, test_windows=150, dim=64, length=(800, 2000), classes=(2, 3), density=2.5),
@@ -47,7 +49,6 @@ MEDIAN_FRAMES = {7: 100, 9: 50, 12: 100, 21: 290, 22: 80, 23: 30, 24: 30, 26: 70
                  40: 130, 45: 170, 51: 190, 68: 200, 79: 150, 85: 90, 92: 50, 93: 80, 97: 40}
 # Classes whose feature directions overlap, so that they can be confused.
 RELATED = [(22, 26), (23, 24), (36, 79, 93), (40, 51, 68), (45, 93)]
-CLIFF_DIVING, DIVING = 22, 26
 FPS_25_VIDEO = 'video_test_0000950'
 MAX_INSTANCE = 450          # frames; longer instances never fit a 512-frame window
 
@@ -78,7 +79,7 @@ def filler_instances(rng, frame_num, classes, period=250):
 
 
 def frames_for_count(count, stride, size=512):
-    """frame_num of a video with exactly `count` sliding windows of this stride (SPEC 3)."""
+    """frame_num of a video with exactly `count` sliding windows of this stride (method.md §3)."""
     trimmed = size if count == 1 else size + stride * (count - 2) + 1
     return trimmed + load_data.TRIM_FRAMES
 
@@ -94,13 +95,13 @@ def make_split(rng, split, target, spec, names, cfg):
     """Videos (dicts) of one split whose window count is exactly `target`."""
     training = split == 'val'
     stride = cfg.train_stride if training else cfg.test_stride
-    order = rng.permutation(CLASS_REAL[1:])
+    order = rng.permutation(CLASS_IDS)
     videos, total, j = [], 0, 0
 
     def new_video(frame_num, instances):
         return dict(name=names[len(videos)], frame_num=int(frame_num), fps=30.0, instances=instances)
 
-    # A short video first: no training window / one padded test window (SPEC 3).
+    # A short video first: no training window / one padded test window (method.md §3).
     short = new_video(int(rng.integers(300, 500)), [])
     short['instances'] = random_instances(rng, short['frame_num'], order[:1], density=2) or [(int(order[0]), 40, 120)]
     videos.append(short)
@@ -172,7 +173,7 @@ def stream_params(rng, dim, num_streams=2):
     def unit(n):
         a = rng.standard_normal((n, dim))
         return a / np.linalg.norm(a, axis=1, keepdims=True)
-    cls = {cid: u for cid, u in zip(CLASS_REAL[1:], unit(20))}
+    cls = {cid: u for cid, u in zip(CLASS_IDS, unit(len(CLASS_IDS)))}
     for group in RELATED:   # related classes share a common part of their direction
         common = unit(1)[0]
         for cid in group:
@@ -180,11 +181,11 @@ def stream_params(rng, dim, num_streams=2):
             cls[cid] = mixed / np.linalg.norm(mixed)
     action, start, end, drift = unit(4)
     # Per class, one stream strong and the other weaker (which one varies by class).
-    share = rng.uniform(0.2, 0.8, 20)
+    share = rng.uniform(0.2, 0.8, len(CLASS_IDS))
     streams = []
     for m in range(num_streams):
         w = share if m == 0 else 1 - share
-        streams.append(dict(cls={cid: cls[cid] * (2.0 + 4.0 * w[k]) for k, cid in enumerate(CLASS_REAL[1:])},
+        streams.append(dict(cls={cid: cls[cid] * (2.0 + 4.0 * w[k]) for k, cid in enumerate(CLASS_IDS)},
                             action=action * (1.2 if m == 0 else 0.8), start=start * (2.5 if m == 0 else 1.8),
                             end=end * (2.5 if m == 0 else 1.8), drift=drift, noise=1.0 if m == 0 else 1.2))
     return streams
@@ -205,7 +206,7 @@ def video_features(rng, video, p, dim):
         x[a:a + edge] += p['start'].astype(np.float32)
         x[b - edge:b] += p['end'].astype(np.float32)
     for s, e in video.get('ambiguous', []):
-        cid = CLASS_REAL[1 + int(rng.integers(20))]
+        cid = CLASS_IDS[int(rng.integers(len(CLASS_IDS)))]
         x[s // 4:-(-e // 4)] += (0.35 * p['cls'][cid]).astype(np.float32)
     return x
 
@@ -246,7 +247,7 @@ def write_eval_gt(folder, test_videos):
     rows['start_s'] = rows['startFrame'] / rows['video'].map(fps)
     rows['end_s'] = rows['endFrame'] / rows['video'].map(fps)
     rows = rows.sort_values(['video', 'startFrame'])
-    for cid in CLASS_REAL[1:]:
+    for cid in CLASS_IDS:
         name = CLASS_NAME_OF_ID[cid]
         sub = rows[rows['type_idx'] == cid]
         with open(os.path.join(folder, f'{name}_test.txt'), 'w') as f:
@@ -255,7 +256,7 @@ def write_eval_gt(folder, test_videos):
         for v in sorted(test_videos, key=lambda v: v['name']):
             f.write(''.join(f'{v["name"]}  {s / v["fps"]:.1f} {e / v["fps"]:.1f}\n' for s, e in v['ambiguous']))
     with open(os.path.join(folder, 'detclasslist.txt'), 'w') as f:
-        f.write(''.join(f'{cid} {CLASS_NAME_OF_ID[cid]}\n' for cid in CLASS_REAL[1:]))
+        f.write(''.join(f'{cid} {CLASS_NAME_OF_ID[cid]}\n' for cid in CLASS_IDS))
 
 
 # --- the whole dataset ---
@@ -293,7 +294,7 @@ def make_synthetic(out, cfg, seed=0, size='demo', dim=None, train_windows=None, 
             starts, wvideos = load_data.read_window_info(os.path.join(split_dir, 'window_info.log'))
             for m, mode in enumerate(('temporal', 'spatial')):
                 seeds = feature_seqs[2 * k + m].spawn(len(videos[split]))
-                folder = os.path.join(feature_dir, split, f'{mode}DataX{pretrain}')
+                folder = feature_folder(feature_dir, split, mode, pretrain)
                 write_features(seeds, videos[split], starts, wvideos, streams[m], dim, folder, layout, dtype)
         write_eval_gt(os.path.join(data_dir, 'eval_annotation'), videos['test'])
         pd.DataFrame([(v['name'], v['fps']) for s in ('val', 'test') for v in videos[s]],
@@ -325,13 +326,16 @@ def main():
     parser.add_argument('--dtype', choices=['float64', 'float32', 'float16'], default=None,
                         help='feature dtype on disk (default float64 per window as released, float16 packed for full)')
     parser.add_argument('--pretrain', default='synthetic', help='feature folder suffix <mode>DataX<pretrain>')
-    cfg, args = parse_config(parser)
-    for name in ('dim', 'train_windows', 'test_windows'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f'error: --{name} must be >= 1')
     t = time.time()
-    info = make_synthetic(args.out, cfg, args.seed, args.size, args.dim, args.train_windows, args.test_windows,
-                          args.layout, args.dtype, args.pretrain)
+    try:
+        cfg, args = parse_config(parser)
+        for name in ('dim', 'train_windows', 'test_windows'):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise ValueError(f'--{name} must be >= 1')
+        info = make_synthetic(args.out, cfg, args.seed, args.size, args.dim, args.train_windows, args.test_windows,
+                              args.layout, args.dtype, args.pretrain)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
     print(f'{args.out}: {info["train_windows"]} training windows ({info["val_videos"]} videos, '
           f'{info["instances"]["val"]} instances), {info["test_windows"]} test windows ({info["test_videos"]} videos, '
           f'{info["instances"]["test"]} instances), D = {info["dim"]}, {info["layout"]} {info["dtype"]} features, '

@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -60,8 +61,8 @@ def main():
     parser.add_argument('folder', help='per-window feature folder <feature_path>/<split>/<mode>DataX<pretrain>')
     parser.add_argument('--dtype', default='float32', choices=['float32', 'float16'])
     parser.add_argument('--out', default=None, help=f'output file (default <folder>/{PACKED_NAME})')
-    cfg, args = parse_config(parser)
     try:
+        cfg, args = parse_config(parser)
         out, shape = pack(args.folder, args.out, args.dtype, cfg.input_steps)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None

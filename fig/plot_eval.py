@@ -8,7 +8,8 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 import config  # noqa: E402
 import evaluate  # noqa: E402
 import fileio  # noqa: E402
+import thumos14  # noqa: E402
 
 # Per-class AP@0.5 (%) on THUMOS14 test, fused streams, as published in the authors'
 # per-class figure (release fig/plot_class_ap.py), classes in detclasslist order
@@ -36,7 +38,7 @@ PAPER_AP50 = {
     'SSAD, Lin et al. 2017 (paper)': ([29.3, 9.2, 4.7, 35.6, 46.1, 10.0, 1.9, 17.6, 6.6, 13.3,
                                        51.6, 21.6, 42.7, 71.3, 58.1, 21.8, 13.3, 8.8, 24.8, 3.9], 24.6),
 }
-PAPER_CLASS_IDS = config.CLASS_REAL[1:]
+PAPER_CLASS_IDS = thumos14.CLASS_IDS
 
 
 def _threshold_index(res, threshold):
@@ -134,14 +136,14 @@ def main(argv=None):
     parser.add_argument('--metric', choices=['kit', 'anet'], default='kit')
     parser.add_argument('--paper', action='store_true', help="add the paper's per-class AP@0.5")
     parser.add_argument('--pr-out', default=None, help='also write precision-recall curves (PNG)')
-    cfg, args = config.parse_config(parser, argv)
-    gt_dir = args.gt or cfg.eval_gt_dir
-    for path in (args.out, args.pr_out):
-        if path:
-            fileio.check_writable(path)
-    if args.paper and not np.isclose(args.threshold, 0.5):
-        raise SystemExit('error: --paper needs --threshold 0.5 (the paper published per-class AP at 0.5 only)')
     try:
+        cfg, args = config.parse_config(parser, argv)
+        gt_dir = args.gt or cfg.eval_gt_dir
+        for path in (args.out, args.pr_out):
+            if path:
+                fileio.check_writable(path)
+        if args.paper and not np.isclose(args.threshold, 0.5):
+            raise ValueError('--paper needs --threshold 0.5 (the paper published per-class AP at 0.5 only)')
         series = {}
         for path in args.results:
             label = os.path.splitext(os.path.basename(path))[0]

@@ -12,7 +12,8 @@ above --min-score are shown. --top keeps the K best detections per video (0 = al
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
@@ -25,9 +26,10 @@ import pandas as pd  # noqa: E402
 
 import config as C  # noqa: E402
 import evaluate  # noqa: E402
+import thumos14  # noqa: E402
 from fileio import atomic_path  # noqa: E402
 
-CLASS_COLORS = {cid: plt.get_cmap('tab20')(k) for k, cid in enumerate(C.CLASS_REAL[1:])}
+CLASS_COLORS = {cid: plt.get_cmap('tab20')(k) for k, cid in enumerate(thumos14.CLASS_IDS)}
 
 
 def class_color(class_id):
@@ -77,11 +79,11 @@ def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score
     (default: the `num_videos` with most detections). duration: length of the time axis
     in seconds (default: the last interval shown).
     """
-    det = evaluate.read_result(result) if isinstance(result, (str, os.PathLike)) else result
+    det = thumos14.read_results(result) if isinstance(result, (str, os.PathLike)) else result
     source = str(result) if isinstance(result, (str, os.PathLike)) else 'detections'
     gt = evaluate.read_ground_truth(gt_dir, subset) if gt_dir else no_ground_truth()
     names = dict(zip(gt['class_ids'].tolist(), gt['class_names']))
-    names.update({cid: C.CLASS_NAME_OF_ID[cid] for cid in C.CLASS_NAME_OF_ID if cid not in names})
+    names.update({cid: name for cid, name in thumos14.CLASS_NAME_OF_ID.items() if cid not in names})
     # Without ground truth a named video may simply have no detection: an empty panel.
     panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source, check_names=bool(gt_dir))
     heights = [1.0 + 0.55 * max(len(p[4]), 1) for p in panels]
@@ -127,8 +129,8 @@ def main(argv=None):
     parser.add_argument('--out', default='fig/timeline.png', help='PNG to write')
     parser.add_argument('--min-score', type=float, default=0.0, help='hide detections below this score')
     parser.add_argument('--top', type=int, default=20, help='best K detections per video (0 = all)')
-    cfg, args = C.parse_config(parser, argv)
     try:
+        cfg, args = C.parse_config(parser, argv)
         out = plot_timeline(args.result, args.gt or cfg.eval_gt_dir, args.videos, args.out, args.min_score, args.top)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None

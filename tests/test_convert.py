@@ -6,6 +6,7 @@ import torch
 import convert_tf_checkpoint as convert
 import operations as ops
 from config import Config
+import checkpoints
 
 torch.set_num_threads(2)
 SMALL_D = 16
@@ -13,9 +14,9 @@ SMALL_D = 16
 
 def tf_layout_arrays(method, dim, seed=0):
     with torch.device('meta'):
-        model = ops.build_model(Config(method=method), dim)
+        model = checkpoints.build_model(Config(method=method), dim)
     rng = np.random.RandomState(seed)
-    return {key: rng.standard_normal(shape).astype(np.float32) * 0.05 for key, shape, _ in ops.tf_variables(model)}
+    return {key: rng.standard_normal(shape).astype(np.float32) * 0.05 for key, shape, _ in checkpoints.tf_variables(model)}
 
 
 @pytest.fixture(scope='module')
@@ -31,14 +32,14 @@ def converted(tmp_path_factory):
 
 def test_round_trip(converted):
     arrays, _, out = converted
-    model, ckpt = ops.load_model(out, Config(method='main_stream', mode='spatial'), 'cpu', feature_dim=SMALL_D)
+    model, ckpt = checkpoints.load_model(out, Config(method='main_stream', mode='spatial'), 'cpu', feature_dim=SMALL_D)
     assert ckpt['method'] == 'main_stream' and ckpt['feature_dim'] == SMALL_D and ckpt['epoch'] == 30
     assert ckpt['config']['mode'] == 'spatial'
     state = model.state_dict()
     assert len(state) == len(arrays)
     for key, value in state.items():
-        back = ops.torch_to_tf(key, value)
-        np.testing.assert_array_equal(back, arrays[ops.tf_key(key)], err_msg=key)
+        back = checkpoints.torch_to_tf(key, value)
+        np.testing.assert_array_equal(back, arrays[checkpoints.tf_key(key)], err_msg=key)
     assert state['base_feature_network.conv1d.weight'].shape == (512, SMALL_D, 9)
 
 
@@ -47,8 +48,8 @@ def test_conv_layout_computes_tensorflow_conv1d():
     rng = np.random.RandomState(1)
     kernel, bias, x = rng.randn(3, 5, 4).astype(np.float32), rng.randn(4).astype(np.float32), rng.randn(9, 5)
     conv = ops.Conv1dSame(5, 4, 3)
-    conv.weight.data = ops.tf_to_torch('s/conv1d/kernel', kernel)
-    conv.bias.data = ops.tf_to_torch('s/conv1d/bias', bias)
+    conv.weight.data = checkpoints.tf_to_torch('s/conv1d/kernel', kernel)
+    conv.bias.data = checkpoints.tf_to_torch('s/conv1d/bias', bias)
     xp = np.pad(x, ((1, 1), (0, 0)))
     want = np.stack([np.einsum('ki,kio->o', xp[t:t + 3], kernel) for t in range(9)]) + bias
     got = conv(torch.tensor(x, dtype=torch.float32).T[None])[0].T.detach().numpy()
@@ -66,7 +67,7 @@ def test_transposed_conv_layout_computes_tensorflow_conv2d_transpose():
             if 0 <= 2 * t + k - 1 < 10:
                 want[2 * t + k - 1] += kernel[0, k] @ x[t]
     up = torch.nn.ConvTranspose1d(6, 3, 4, stride=2, padding=1, bias=False)
-    up.weight.data = ops.tf_to_torch('s/conv2d_transpose/kernel', kernel)
+    up.weight.data = checkpoints.tf_to_torch('s/conv2d_transpose/kernel', kernel)
     got = up(torch.tensor(x).T[None])[0].T.detach().numpy()
     np.testing.assert_allclose(got, want[:10], atol=1e-5)
 
@@ -105,15 +106,15 @@ def test_load_model_errors(converted, tmp_path):
     _, _, out = converted
     cfg = Config(method='main_stream')
     with pytest.raises(ValueError, match='not found'):
-        ops.load_model(tmp_path / 'missing.pt', cfg)
+        checkpoints.load_model(tmp_path / 'missing.pt', cfg)
     with pytest.raises(ValueError, match='holds a main_stream model, but method is decouple_ssad'):
-        ops.load_model(out, Config(method='decouple_ssad'))
+        checkpoints.load_model(out, Config(method='decouple_ssad'))
     with pytest.raises(ValueError, match=f'expects features of dimension {SMALL_D}.*dimension 1024'):
-        ops.load_model(out, cfg, feature_dim=1024)
+        checkpoints.load_model(out, cfg, feature_dim=1024)
     with pytest.raises(ValueError, match='anchor settings: scale'):
-        ops.load_model(out, Config(method='main_stream', scale=(1 / 8, 1 / 8, 1 / 4)))
+        checkpoints.load_model(out, Config(method='main_stream', scale=(1 / 8, 1 / 8, 1 / 4)))
     ckpt = torch.load(out, weights_only=True)
     ckpt['model']['base_feature_network.conv1d.weight'] = torch.zeros(512, SMALL_D + 1, 9)
     torch.save(ckpt, tmp_path / 'bad.pt')
     with pytest.raises(ValueError, match=r'base_feature_network.conv1d.weight has shape \(512, 17, 9\)'):
-        ops.load_model(tmp_path / 'bad.pt', cfg)
+        checkpoints.load_model(tmp_path / 'bad.pt', cfg)

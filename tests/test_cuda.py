@@ -9,6 +9,7 @@ import operations
 import test as test_script
 import train
 from test_train import assert_same_tensors, load, log_lines, make_cfg, make_data
+import checkpoints
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 LRS = (1e-3,) * 3
@@ -61,7 +62,7 @@ def test_speed_switches_on_the_gpu(method):
         cfg = config.Config(method=method, **values)
         operations.set_precision(cfg)
         with torch.no_grad():
-            outs.append(operations.build_model(cfg, 64).cuda()(x))
+            outs.append(checkpoints.build_model(cfg, 64).cuda()(x))
     for key in outs[0]:
         torch.testing.assert_close(outs[1][key], outs[0][key], rtol=1e-4, atol=1e-4)
 
@@ -79,7 +80,7 @@ def test_gpu_inference_equals_cpu_inference(graph_run, data):
     starts, videos = np.arange(10) * 128, np.array(['video_test_0000001'] * 10)
     preds = []
     for device in ('cpu', 'cuda'):
-        model, _ = operations.load_model(result['model_path'], cfg, device, feature_dim=8)
+        model, _ = checkpoints.load_model(result['model_path'], cfg, device, feature_dim=8)
         preds.append(test_script.predict_windows(model, data['features'], starts, videos, cfg, batch_size=4))
     cpu, gpu = preds
     assert list(cpu['video_name']) == list(gpu['video_name'])

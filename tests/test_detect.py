@@ -12,7 +12,8 @@ import config as C  # noqa: E402
 import detect  # noqa: E402
 import postprocess  # noqa: E402
 from data import extract_features as ef  # noqa: E402
-from operations import build_model  # noqa: E402
+from checkpoints import build_model  # noqa: E402
+import thumos14  # noqa: E402
 
 torch.set_num_threads(2)
 DIM = ef.BACKBONE_DIMS['tiny']
@@ -77,11 +78,11 @@ def test_two_streams_end_to_end(video, checkpoints, tmp_path):
     assert dets, 'no detections with the filters off'
     assert [d['score'] for d in dets] == sorted((d['score'] for d in dets), reverse=True)
     for d in dets:
-        assert d['label'] == C.CLASS_NAME_OF_ID[d['class_id']]
+        assert d['label'] == thumos14.CLASS_NAME_OF_ID[d['class_id']]
         assert 0 <= d['start'] <= d['end'] <= 5.0 + 1e-3     # cut at the video's end
 
     # The result file holds the same detections, and they are the fusion of the two prediction files.
-    txt = postprocess.read_results(out / 'detections.txt')
+    txt = thumos14.read_results(out / 'detections.txt')
     assert len(txt) == len(dets)
     cfg = C.Config(filter_conf_threshold=-1e9, filter_neg_threshold=1.01, filter_neg_threshold_fuse=1.01)
     ref = postprocess.post_process(postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg),
@@ -105,7 +106,7 @@ def test_single_stream_reuses_features(video, checkpoints, tmp_path, capsys):
     assert not (out / 'features' / 'detect' / 'spatialDataXtiny').exists()
     doc = json.loads((out / 'detections.json').read_text())
     assert doc['streams'] == ['temporal']
-    assert len(postprocess.read_results(out / 'detections.txt')) == len(doc['detections'])
+    assert len(thumos14.read_results(out / 'detections.txt')) == len(doc['detections'])
     capsys.readouterr()
     assert run([video, '--checkpoint', t_ckpt, '--out', out, '--nms_threshold=0.5']) == 0
     assert 'already extracted' in capsys.readouterr().out
@@ -114,7 +115,7 @@ def test_single_stream_reuses_features(video, checkpoints, tmp_path, capsys):
 def test_clear_errors(video, checkpoints, tmp_path):
     wide = tmp_path / 'wide.pt'   # only the header matters: the width is checked before the model is built
     torch.save({'model': {}, 'method': 'main_stream', 'feature_dim': 2048, 'config': C.Config().to_dict()}, wide)
-    with pytest.raises(SystemExit, match=r'trained on 2048-d features, but backbone .tiny. gives 64-d'):
+    with pytest.raises(SystemExit, match=r'dimension 2048, but backbone .tiny. has dimension 64'):
         run([video, '--checkpoint', wide, '--out', tmp_path / 'o'])
     spatial = checkpoints[1]
     with pytest.raises(SystemExit, match='must be the temporal'):

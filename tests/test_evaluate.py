@@ -10,6 +10,7 @@ import pytest
 
 import evaluate
 from conftest import REPO
+import thumos14
 
 VECTOR_FILES = ['Run-1', 'a_near_perfect', 'c_ties', 'd_ambiguous', 'e_no_gt_videos', 'g_missing_classes']
 
@@ -132,14 +133,14 @@ def test_bad_lines_name_file_and_line(tmp_path, text, line, message):
     path = tmp_path / 'bad.txt'
     path.write_text(text)
     with pytest.raises(ValueError) as err:
-        evaluate.read_result(path)
+        thumos14.read_results(path)
     assert f'{path}:{line}:' in str(err.value) and message in str(err.value)
 
 
 def test_blank_lines_are_skipped(tmp_path):
     path = tmp_path / 'r.txt'
     path.write_text('v1 0 10 7 0.5\n\n  \nv2\t1\t2\t9\t0.25\n')
-    det = evaluate.read_result(path)
+    det = thumos14.read_results(path)
     assert det['video'].tolist() == ['v1', 'v2'] and det['class_id'].tolist() == [7, 9]
 
 

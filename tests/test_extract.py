@@ -12,6 +12,7 @@ cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # C
 from config import Config  # noqa: E402
 import load_data  # noqa: E402
 from data import extract_features as ef  # noqa: E402
+import thumos14  # noqa: E402
 
 torch.set_num_threads(2)
 H, W = 48, 64
@@ -75,9 +76,9 @@ def test_one_step_per_four_frames_and_table(videos, tmp_path):
             assert np.isfinite(a).all()
             if n // 4 > 1:
                 assert np.ptp(a, axis=0).max() > 0   # the box moves, so the steps differ
-    # The table is a valid fps file and the loader slices the SPEC 3 test windows from these files.
+    # The table is a valid fps file and the loader slices the method.md §3 test windows from these files.
     cfg = Config(feature_path=str(out), pretrain='tiny', fps_file=str(out / 'test' / 'video_info.csv'))
-    assert load_data.video_fps(cfg)['clip_b'] == pytest.approx(25.0)
+    assert thumos14.video_fps(cfg.fps_file)['clip_b'] == pytest.approx(25.0)
     anno = pd.DataFrame({'video': info.index, 'frame_num': info.frame_num.to_numpy()})
     starts, vids = load_data.make_windows(anno, 'test', cfg)
     feats = load_data.load_features(cfg, 'test', starts, vids, mode='temporal')
@@ -187,7 +188,7 @@ def test_list_file_and_bad_inputs(videos, tmp_path):
 
 def test_resnet50_without_torchvision_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__('sys').modules, 'torchvision', None)
-    with pytest.raises(SystemExit, match='pip install torch==2.14.1 torchvision==0.29.1'):
+    with pytest.raises(ValueError, match='pip install torch==2.14.1 torchvision==0.29.1'):
         ef.build_backbones(['spatial'], 'resnet50', weights='random')
 
 
@@ -206,5 +207,5 @@ def test_tiny_weights_from_file(tmp_path):
     again = ef.build_backbones(['spatial'], 'tiny', weights=str(path), seed=99)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(again['spatial'](x), nets['spatial'](x))
-    with pytest.raises(SystemExit, match='do not fit'):
+    with pytest.raises(ValueError, match='do not fit'):
         ef.build_backbones(['temporal'], 'tiny', weights=str(path))   # 3-channel weights, 10-channel net

@@ -1,4 +1,4 @@
-"""Two-stream fusion (SPEC 11): alignment check, weights, fused filter, fuse.py."""
+"""Two-stream fusion (method.md §11): alignment check, weights, fused filter, fuse.py."""
 import dataclasses
 
 import numpy as np
@@ -8,6 +8,9 @@ import pytest
 import config as C
 import fuse
 import postprocess as P
+import thumos14
+
+FPS = thumos14.video_fps()
 
 
 def stream(seed, n=280, videos=('video_test_0000004', 'video_test_0001207')):
@@ -56,14 +59,14 @@ def test_fused_filter_and_then_single_stream_filters():
     cfg = C.Config()
     fused = P.fuse_predictions(t, s, cfg)
     # Default: fused score_0 < 0.99, then the single-stream filters as released (score_0 < 0.98, conf > 0.1).
-    base = P.post_process(fused[(fused.score_0 < 0.98) & (fused.conf > 0.1)], cfg)
-    got = P.post_process(fused, cfg, fused=True)
-    assert len(got) > 0 and P.format_results(got) == P.format_results(base)
+    base = P.post_process(fused[(fused.score_0 < 0.98) & (fused.conf > 0.1)], cfg, fps_of=FPS)
+    got = P.post_process(fused, cfg, fused=True, fps_of=FPS)
+    assert len(got) > 0 and thumos14.format_results(got) == thumos14.format_results(base)
     # A tighter fused threshold drops more rows.
     cut = float(np.median(fused.score_0))
     strict = dataclasses.replace(cfg, filter_neg_threshold_fuse=cut)
-    got = P.post_process(fused, strict, fused=True)
-    assert P.format_results(got) == P.format_results(P.post_process(fused[fused.score_0 < cut], cfg))
+    got = P.post_process(fused, strict, fused=True, fps_of=FPS)
+    assert thumos14.format_results(got) == thumos14.format_results(P.post_process(fused[fused.score_0 < cut], cfg, fps_of=FPS))
     assert 0 < len(got) < len(base)
 
 
@@ -73,8 +76,8 @@ def test_fuse_files_and_cli(tmp_path):
     P.write_predictions(str(tmp_path / 's.csv'), s)
     out = tmp_path / 'fused.txt'
     fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'), '--out', str(out)])
-    expected = P.post_process(P.fuse_predictions(t, s, C.Config()), C.Config(), fused=True)
-    assert out.read_text() == P.format_results(expected)
+    expected = P.post_process(P.fuse_predictions(t, s, C.Config()), C.Config(), fused=True, fps_of=FPS)
+    assert out.read_text() == thumos14.format_results(expected)
 
 
 def test_cli_default_paths_and_overrides(tmp_path, monkeypatch):
@@ -83,8 +86,8 @@ def test_cli_default_paths_and_overrides(tmp_path, monkeypatch):
     P.write_predictions('results/predict_spatial_X_main_stream.csv', stream(1))
     fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--fuse_temporal_weight=0.5'])
     cfg = dataclasses.replace(C.Config(), fuse_temporal_weight=0.5)
-    expected = P.post_process(P.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True)
-    assert (tmp_path / 'results' / 'result_fuse_X_main_stream.txt').read_text() == P.format_results(expected)
+    expected = P.post_process(P.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True, fps_of=FPS)
+    assert (tmp_path / 'results' / 'result_fuse_X_main_stream.txt').read_text() == thumos14.format_results(expected)
     with pytest.raises(SystemExit, match='spatial-stream predictions .*not found'):
         fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--spatial', 'nope.csv'])
 

@@ -1,4 +1,4 @@
-"""The data layer: SPEC 3 windows against the released lists, readers, validation, feature layouts, batches."""
+"""The data layer: method.md §3 windows against the released lists, readers, validation, feature layouts, batches."""
 import os
 import pickle
 import subprocess
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import load_data
+import thumos14
 from config import Config
 from data.pack_features import pack
 
@@ -331,13 +332,13 @@ def test_released_and_small_batching():
 def test_video_fps(tmp_path):
     path = tmp_path / 'fps.csv'
     path.write_text('video,fps\nvideo_x,25\nvideo_test_0000950,29.97\n')
-    fps = load_data.video_fps(Config(fps_file=str(path)))
+    fps = thumos14.video_fps(str(path))
     assert fps('video_x') == 25.0 and fps['video_test_0000950'] == 29.97
     assert fps('video_test_0001207') == 24.0 and fps('anything') == 30.0
-    assert load_data.video_fps(Config())('video_test_0000950') == 25.0
+    assert thumos14.video_fps()('video_test_0000950') == 25.0
     path.write_text('video,fps\nvideo_x,25\nvideo_y,fast\n')
     with pytest.raises(ValueError, match=r'fps\.csv:3'):
-        load_data.video_fps(Config(fps_file=str(path)))
+        thumos14.video_fps(str(path))
 
 
 def test_pack_refuses_gaps_and_bad_files(tmp_path):

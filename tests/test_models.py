@@ -6,6 +6,7 @@ import torch
 
 import operations as ops
 from config import Config
+import checkpoints
 
 torch.set_num_threads(2)
 SMALL_D = 16   # feature dimension of the small models (anchor layers are 1024 wide whatever D)
@@ -14,29 +15,29 @@ SMALL_D = 16   # feature dimension of the small models (anchor layers are 1024 w
 @pytest.fixture(scope='module')
 def decouple():
     torch.manual_seed(0)
-    return ops.build_model(Config(method='decouple_ssad'), SMALL_D)
+    return checkpoints.build_model(Config(method='decouple_ssad'), SMALL_D)
 
 
 @pytest.fixture(scope='module')
 def main_stream():
-    return ops.build_model(Config(method='main_stream'), SMALL_D)
+    return checkpoints.build_model(Config(method='main_stream'), SMALL_D)
 
 
 @pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
 @pytest.mark.parametrize('dim', [1024, 2048])
 def test_parameters_match_the_release(shared, method, dim):
     with torch.device('meta'):
-        model = ops.build_model(Config(method=method), dim)
+        model = checkpoints.build_model(Config(method=method), dim)
     release = json.loads((shared / 'tf_variables' / f'{method}_{dim}.json').read_text())
     assert sum(p.numel() for p in model.parameters()) == release['total_params']
-    ours = [(key, list(shape)) for key, shape, _ in ops.tf_variables(model)]
+    ours = [(key, list(shape)) for key, shape, _ in checkpoints.tf_variables(model)]
     assert ours == [(v['checkpoint_key'], v['shape']) for v in release['variables']]
 
 
 def test_parameter_counts_of_the_paper():
     for method, count in (('main_stream', 16_052_584), ('decouple_ssad', 90_766_092)):
         with torch.device('meta'):
-            model = ops.build_model(Config(method=method), 1024)
+            model = checkpoints.build_model(Config(method=method), 1024)
         assert sum(p.numel() for p in model.parameters()) == count
 
 
@@ -99,14 +100,14 @@ def test_identical_kernel_initialisation(decouple):
 
 
 def test_independent_kernel_initialisation():
-    model = ops.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D)
+    model = checkpoints.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D)
     k = kernels(model)
     assert not torch.equal(k['main_anchor_layer.conv1d_1'], k['main_anchor_layer.conv1d_2'])
     assert not torch.equal(k['mulClsReg_predict_layerAL1mainStream.conv1d'],
                            k['mulClsReg_predict_layerAL2mainStream.conv1d'])
-    again = kernels(ops.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D))
+    again = kernels(checkpoints.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D))
     assert all(torch.equal(k[n], again[n]) for n in k)           # seeded
-    same = kernels(ops.build_model(Config(method='main_stream'), SMALL_D))
+    same = kernels(checkpoints.build_model(Config(method='main_stream'), SMALL_D))
     assert torch.equal(same['main_anchor_layer.conv1d_1'], same['main_anchor_layer.conv1d_2'])
 
 
@@ -164,16 +165,16 @@ def test_narrow_networks_for_quick_runs(tmp_path):
     # base_width / anchor_width shrink the network (the demo uses this); the output layout
     # stays that of the paper, and a checkpoint of one width is refused by a config of another.
     cfg = Config(method='decouple_ssad', base_width=32, anchor_width=48)
-    model = ops.build_model(cfg, SMALL_D)
+    model = checkpoints.build_model(cfg, SMALL_D)
     out = model(torch.randn(2, 128, SMALL_D))
     assert out['classification'].shape == (2, 140, 24) and out['localization'].shape == (2, 140, 4)
     assert model.main_anchor_layer.conv1d.weight.shape == (48, 32, 3)
     path = tmp_path / 'narrow.pt'
     torch.save({'model': model.state_dict(), 'method': cfg.method, 'feature_dim': SMALL_D,
                 'config': cfg.to_dict(), 'epoch': 0}, path)
-    ops.load_model(path, cfg)
+    checkpoints.load_model(path, cfg)
     with pytest.raises(ValueError, match='anchor_width'):
-        ops.load_model(path, Config(method='decouple_ssad', base_width=32))
+        checkpoints.load_model(path, Config(method='decouple_ssad', base_width=32))
 
 
 @pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
@@ -185,7 +186,7 @@ def test_speed_switches_compute_the_same_numbers(method, switches):
     x = torch.randn(3, 128, SMALL_D, dtype=torch.float64)
     results = []
     for values in ({}, switches):
-        model = ops.build_model(Config(method=method, base_width=24, anchor_width=40, **values), SMALL_D).double()
+        model = checkpoints.build_model(Config(method=method, base_width=24, anchor_width=40, **values), SMALL_D).double()
         outputs = model(x)
         sum((v * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype)).sum() for v in outputs.values()).backward()
         results.append((outputs, {name: p.grad for name, p in model.named_parameters()}))
@@ -199,6 +200,6 @@ def test_speed_switches_compute_the_same_numbers(method, switches):
 def test_channels_last_layout_flows_through_the_network():
     """With channels_last every anchor layer comes out channels-last (channels innermost):
     no layer pays for a layout change."""
-    model = ops.build_model(Config(method='main_stream', base_width=24, anchor_width=40, channels_last=True), SMALL_D)
+    model = checkpoints.build_model(Config(method='main_stream', base_width=24, anchor_width=40, channels_last=True), SMALL_D)
     for layer in model.main_anchor_layers(torch.randn(2, 128, SMALL_D)):
         assert layer.stride(1) == 1 and layer.stride(2) == layer.shape[1]

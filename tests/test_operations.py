@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import operations as ops
 from config import Config
+import checkpoints
 
 torch.set_num_threads(2)
 
@@ -87,7 +88,7 @@ def test_inconsistent_anchor_settings():
         with pytest.raises(ValueError, match='num_anchors|layers_name|aspect_ratios'):
             ops.default_boxes(cfg)
         with pytest.raises(ValueError):
-            ops.build_model(cfg, 8)
+            checkpoints.build_model(cfg, 8)
 
 
 # --- matching ---------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_compute_loss_without_ground_truth():
 
 
 def test_decouple_loss_combination():
-    """Decouple-SSAD terms: main and branch per SPEC 7, built here from head_loss and match."""
+    """Decouple-SSAD terms: main and branch per method.md §7, built here from head_loss and match."""
     torch.manual_seed(2)
     cfg = Config(method='decouple_ssad', negative_ratio=1e9)  # deterministic draw
     label, box, valid = gt_case()

@@ -1,4 +1,4 @@
-"""Post-processing (SPEC 10): the release's result file, its quirks, and NMS against a plain loop."""
+"""Post-processing (method.md §10): the release's result file, its quirks, and NMS against a plain loop."""
 import math
 
 import numpy as np
@@ -7,6 +7,9 @@ import pytest
 
 import config as C
 import postprocess as P
+import thumos14
+
+FPS = thumos14.video_fps()  # the built-in THUMOS14 frame rates
 
 
 def table(rows):
@@ -23,7 +26,7 @@ def table(rows):
 
 
 def lines(det):
-    return sorted(P.format_results(det).splitlines())
+    return sorted(thumos14.format_results(det).splitlines())
 
 
 # ----------------------------------------------------------------------------- a plain reference
@@ -47,7 +50,7 @@ def sequential_nms(start, end, score, threshold):
 
 
 def reference_post_process(df, cfg, fps_of):
-    """SPEC 10 row by row, written for clarity."""
+    """method.md §10 row by row, written for clarity."""
     out = []
     for video in dict.fromkeys(df.video_name):
         v = df[(df.video_name == video) & (df.score_0 < cfg.filter_neg_threshold)
@@ -57,7 +60,7 @@ def reference_post_process(df, cfg, fps_of):
             s = [r[f'score_{k}'] / (1 + math.exp(-r.conf)) for k in range(1, 21)]
             for k in range(3):
                 best = s.index(max(s))
-                cands[k].append((C.CLASS_REAL[best + 1], s[best], r.xmin, r.xmax))
+                cands[k].append((thumos14.CLASS_REAL[best + 1], s[best], r.xmin, r.xmax))
                 s[best] = 0.0
         cands = cands[0] + cands[1] + cands[2]
         cands += [(26, sc, a, b) for c, sc, a, b in cands if c == 22]
@@ -66,12 +69,12 @@ def reference_post_process(df, cfg, fps_of):
             keep = sequential_nms([x[2] for x in group], [x[3] for x in group], [x[1] for x in group],
                                   cfg.nms_threshold)
             fps = fps_of(video)
-            out += [P.RESULT_FORMAT % (video, group[i][2] / fps, group[i][3] / fps, c, group[i][1]) for i in keep]
+            out += [thumos14.RESULT_FORMAT % (video, group[i][2] / fps, group[i][3] / fps, c, group[i][1]) for i in keep]
     return sorted(line.rstrip('\n') for line in out)
 
 
 def default_fps(video):
-    return C.FPS_EXCEPTIONS.get(video, C.DEFAULT_FPS)
+    return thumos14.FPS_EXCEPTIONS.get(video, thumos14.DEFAULT_FPS)
 
 
 # ----------------------------------------------------------------------------- the release's output
@@ -79,7 +82,7 @@ def default_fps(video):
 def test_reproduces_reference_result_file(shared):
     ref = shared / 'reference'
     pred = P.read_predictions(str(ref / 'predict_temporal.csv'))
-    det = P.post_process(pred, C.Config())
+    det = P.post_process(pred, C.Config(), fps_of=FPS)
     expected = sorted((ref / 'result_temporal.txt').read_text().splitlines())
     assert len(expected) > 1000
     assert lines(det) == expected
@@ -88,18 +91,18 @@ def test_reproduces_reference_result_file(shared):
 def test_result_file_written_atomically_in_thumos_format(shared, tmp_path):
     ref = shared / 'reference'
     out = tmp_path / 'sub' / 'result.txt'
-    P.process_file(str(ref / 'predict_temporal.csv'), str(out), C.Config())
+    P.process_file(str(ref / 'predict_temporal.csv'), str(out), C.Config(), fps_of=FPS)
     text = out.read_text()
     assert sorted(text.splitlines()) == sorted((ref / 'result_temporal.txt').read_text().splitlines())
     assert [p.name for p in out.parent.iterdir()] == ['result.txt']  # no temporary left behind
-    back = P.read_results(str(out))
+    back = thumos14.read_results(str(out))
     assert len(back) == len(text.splitlines()) and set(back.columns) == {'video', 'start', 'end', 'class_id', 'score'}
 
 
 def test_matches_plain_reference_on_reference_subset(shared):
     pred = P.read_predictions(str(shared / 'reference' / 'predict_temporal.csv')).iloc[::7]
     cfg = C.Config()
-    assert lines(P.post_process(pred, cfg)) == reference_post_process(pred, cfg, default_fps)
+    assert lines(P.post_process(pred, cfg, fps_of=FPS)) == reference_post_process(pred, cfg, default_fps)
 
 
 # ----------------------------------------------------------------------------- quirks
@@ -109,30 +112,30 @@ def test_filters_are_strict():
     rows = [dict(xmin=0, xmax=30, conf=0.5, scores={0: 0.98, 1: 0.02}),         # score_0 == 0.98: dropped
             dict(xmin=60, xmax=90, conf=0.1, scores={0: 0.5, 2: 0.5}),          # conf == 0.1: dropped
             dict(xmin=120, xmax=150, conf=0.1001, scores={0: 0.9799, 3: 0.0201})]  # kept
-    det = P.post_process(table(rows), cfg)
+    det = P.post_process(table(rows), cfg, fps_of=FPS)
     assert set(det['start'] * 30) == {120}
 
 
 def test_three_candidates_with_sigmoid_conf_and_ties_lowest_class_first():
     conf = 0.3
     det = P.post_process(table([dict(xmin=0, xmax=60, conf=conf,
-                                     scores={0: 0.2, 2: 0.2, 4: 0.2, 6: 0.2, 8: 0.2})]), C.Config())
+                                     scores={0: 0.2, 2: 0.2, 4: 0.2, 6: 0.2, 8: 0.2})]), C.Config(), fps_of=FPS)
     s = 0.2 / (1 + math.exp(-conf))
     # Four classes tie: the three lowest indices (2, 4, 6 -> ids 9, 21, 23) win; id 26 (index 8) does not.
-    assert sorted(det['class_id']) == [C.CLASS_REAL[2], C.CLASS_REAL[4], C.CLASS_REAL[6]]
+    assert sorted(det['class_id']) == [thumos14.CLASS_REAL[2], thumos14.CLASS_REAL[4], thumos14.CLASS_REAL[6]]
     np.testing.assert_allclose(det['score'], s, rtol=0, atol=1e-15)
 
 
 def test_all_zero_rest_gives_lowest_zero_class_with_score_zero():
     # Only class 3 is non-zero: the 2nd and 3rd candidates are class 1 (index 0 of the
     # zeroed scores) with score 0; NMS then keeps one of the two identical boxes.
-    det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 3: 0.5})]), C.Config())
-    fmt = P.RESULT_FORMAT.strip()
+    det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 3: 0.5})]), C.Config(), fps_of=FPS)
+    fmt = thumos14.RESULT_FORMAT.strip()
     assert lines(det) == sorted([fmt % ('video_test_0000004', 1.0, 3.0, 12, 0.5 / (1 + math.exp(-0.5))),
                                  fmt % ('video_test_0000004', 1.0, 3.0, 7, 0.0)])
     # Class 1 itself is the top class: the zeroed class 1 is picked again with score 0,
     # and NMS keeps the scored one.
-    det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 1: 0.3, 5: 0.2})]), C.Config())
+    det = P.post_process(table([dict(xmin=30, xmax=90, scores={0: 0.5, 1: 0.3, 5: 0.2})]), C.Config(), fps_of=FPS)
     got = det.sort_values(['class_id', 'score']).reset_index(drop=True)
     assert list(got['class_id']) == [7, 22, 26]
     assert got['score'][0] == pytest.approx(0.3 / (1 + math.exp(-0.5)))
@@ -142,7 +145,7 @@ def test_cliff_diving_repeated_as_diving_and_nms_with_real_diving():
     sig = 1 / (1 + math.exp(-0.5))
     rows = [dict(xmin=0, xmax=100, scores={0: 0.1, 5: 0.6, 9: 0.3}),   # CliffDiving first
             dict(xmin=10, xmax=100, scores={0: 0.1, 8: 0.5, 9: 0.4})]  # Diving, overlapping, lower
-    det = P.post_process(table(rows), C.Config())
+    det = P.post_process(table(rows), C.Config(), fps_of=FPS)
     cliff = det[det.class_id == 22]
     diving = det[det.class_id == 26]
     assert len(cliff) == 1 and cliff['score'].iloc[0] == pytest.approx(0.6 * sig)
@@ -154,18 +157,18 @@ def test_cliff_diving_repeated_as_diving_and_nms_with_real_diving():
 def test_equal_scores_later_candidate_wins_nms():
     # Same scores, overlapping boxes: the release's argsort()[::-1] puts the later row first.
     rows = [dict(xmin=0, xmax=90, scores={0: 0.2, 1: 0.8}), dict(xmin=30, xmax=120, scores={0: 0.2, 1: 0.8})]
-    det = P.post_process(table(rows), C.Config())
+    det = P.post_process(table(rows), C.Config(), fps_of=FPS)
     assert list(det.query('class_id == 7')['start']) == [1.0]
 
 
 def test_zero_length_boxes():
     cfg = C.Config()
     same = [dict(xmin=60, xmax=60, scores={0: 0.1, 1: 0.9}), dict(xmin=60, xmax=60, scores={0: 0.2, 1: 0.8})]
-    det = P.post_process(table(same), cfg)
+    det = P.post_process(table(same), cfg, fps_of=FPS)
     assert (det.class_id == 7).sum() == 1  # 0/0 counts as overlap: one survives
     apart = [dict(xmin=60, xmax=60, scores={0: 0.1, 1: 0.9}), dict(xmin=90, xmax=90, scores={0: 0.2, 1: 0.8}),
              dict(xmin=0, xmax=120, scores={0: 0.2, 1: 0.7})]
-    det = P.post_process(table(apart), cfg)
+    det = P.post_process(table(apart), cfg, fps_of=FPS)
     assert (det.class_id == 7).sum() == 3  # distinct points and a point inside a box (IoU 0) all stay
 
 
@@ -173,11 +176,11 @@ def test_fps_per_video():
     cfg = C.Config()
     rows = [dict(video=v, xmin=480, xmax=960, scores={0: 0.1, 1: 0.9})
             for v in ('video_test_0001207', 'video_test_0001255', 'video_test_0000004')]
-    det = P.post_process(table(rows), cfg).query('class_id == 7').set_index('video')
+    det = P.post_process(table(rows), cfg, fps_of=FPS).query('class_id == 7').set_index('video')
     assert det.loc['video_test_0001207', 'start'] == 20.0 and det.loc['video_test_0001207', 'end'] == 40.0
     assert det.loc['video_test_0001255', 'start'] == 480 / 25
     assert det.loc['video_test_0000004', 'end'] == 32.0
-    det = P.post_process(table(rows), cfg, fps_of={'video_test_0000004': 60.0}).query('class_id == 7')
+    det = P.post_process(table(rows), cfg, fps_of=thumos14.FpsTable({'video_test_0000004': 60.0})).query('class_id == 7')
     assert det.set_index('video').loc['video_test_0000004', 'end'] == 16.0
     det = P.post_process(table(rows), cfg, fps_of=lambda v: 10.0).query('class_id == 7')
     assert (det['start'] == 48.0).all()
@@ -186,9 +189,9 @@ def test_fps_per_video():
 
 
 def test_empty_after_filters_writes_empty_file(tmp_path):
-    det = P.post_process(table([dict(xmin=0, xmax=10, scores={0: 1.0})]), C.Config())
+    det = P.post_process(table([dict(xmin=0, xmax=10, scores={0: 1.0})]), C.Config(), fps_of=FPS)
     assert len(det) == 0
-    P.write_results(str(tmp_path / 'r.txt'), det)
+    thumos14.write_results(str(tmp_path / 'r.txt'), det)
     assert (tmp_path / 'r.txt').read_text() == ''
 
 
@@ -229,7 +232,7 @@ def test_random_predictions_match_plain_reference():
                            start=start, conf=rng.uniform(-0.2, 1.2, n), xmin=xmin + start, xmax=xmax + start))
     df = pd.concat([df, pd.DataFrame(scores, columns=P.SCORE_COLUMNS)], axis=1)
     cfg = C.Config()
-    assert lines(P.post_process(df, cfg)) == reference_post_process(df, cfg, default_fps)
+    assert lines(P.post_process(df, cfg, fps_of=FPS)) == reference_post_process(df, cfg, default_fps)
 
 
 # ----------------------------------------------------------------------------- predictions CSV

@@ -8,6 +8,7 @@ import torch
 
 import operations as ops
 from config import Config
+import checkpoints
 
 torch.set_num_threads(2)
 LAYERS = ('AL1', 'AL2', 'AL3')
@@ -92,8 +93,8 @@ def test_forward_main_stream(shared, device, channels_last):
     d = np.load(shared / 'reference' / 'forward_main_stream.npz')
     cfg = Config(method='main_stream', channels_last=channels_last)
     ops.set_precision(cfg)  # float32 on a GPU too (no TF32)
-    model = ops.build_model(cfg, 1024)
-    model.load_state_dict(ops.state_dict_from_tf(model, regenerate_weights(d)))
+    model = checkpoints.build_model(cfg, 1024)
+    model.load_state_dict(checkpoints.state_dict_from_tf(model, regenerate_weights(d)))
     x = torch.from_numpy(d['X'])
     # float64 shows the computation is the release's (its own float32 rounding is ~1e-5);
     # float32, the training precision, then agrees to float32 accumulation error

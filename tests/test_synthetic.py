@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 import load_data
-from config import CLASS_NAMES, CLASS_REAL, Config
+import thumos14
+from config import Config
+from thumos14 import CLASS_NAMES, CLASS_REAL
 from data.make_synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +78,7 @@ def test_annotations_windows_and_eval_gt_agree(small):
         assert (videos == short).sum() == (0 if split == 'val' else 1)
     test = load_data.read_annotation(d / 'test/thumos14_test_annotation.csv')
     assert set(test['type_idx']) == set(CLASS_REAL[1:])                    # every class is evaluated
-    fps = load_data.video_fps(Config(fps_file=str(d / 'video_fps.csv')))
+    fps = thumos14.video_fps(str(d / 'video_fps.csv'))
     assert fps('video_test_0000950') == 25.0 and 'video_test_0000950' in set(test['video'])
     assert pd.read_csv(d / 'video_fps.csv')['fps'].value_counts().to_dict() == {
         30.0: test['video'].nunique() - 1 + pd.read_csv(d / 'val/thumos14_val_annotation.csv')['video'].nunique(), 25.0: 1}

@@ -9,6 +9,10 @@ import load_data
 import operations
 import postprocess as P
 import test as T
+import checkpoints
+import thumos14
+
+FPS = thumos14.video_fps()
 
 DIM = 16
 STARTS = np.array([0, 256, 512, 0, 0])
@@ -31,7 +35,7 @@ def workdir(tmp_path_factory):
         np.save(folder / f'{i}.npy', f)
     cfg = C.Config(method='main_stream', mode='temporal', pretrain='tiny')
     torch.manual_seed(0)
-    model = operations.build_model(cfg, DIM)
+    model = checkpoints.build_model(cfg, DIM)
     run = root / 'models' / 'temporal_tiny_main_stream'
     run.mkdir(parents=True)
     torch.save({'model': model.state_dict(), 'method': 'main_stream', 'feature_dim': DIM,
@@ -68,9 +72,9 @@ def test_end_to_end_cli(workdir, monkeypatch, capsys):
     pred = P.read_predictions(str(root / 'results' / 'predict_temporal_tiny_main_stream.csv'))
     assert len(pred) == len(STARTS) * 140
     assert list(pd.unique(pred.video_name)) == list(dict.fromkeys(VIDEOS))
-    expected = P.post_process(pred, workdir['cfg'])
+    expected = P.post_process(pred, workdir['cfg'], fps_of=FPS)
     text = (root / 'results' / 'result_temporal_tiny_main_stream.txt').read_text()
-    assert text == P.format_results(expected) and len(text.splitlines()) > 0
+    assert text == thumos14.format_results(expected) and len(text.splitlines()) > 0
     # Re-post-processing the predictions file gives the same result file.
     out = root / 'again.txt'
     T.main(['--predictions', str(root / 'results' / 'predict_temporal_tiny_main_stream.csv'), '--out', str(out)])
@@ -88,7 +92,7 @@ def test_features_override_packed_file_and_windows(workdir, tmp_path, monkeypatc
                    device='cpu', batch_size=2)
     pred, det = T.run_test(cfg, str(workdir['ckpt']), str(packed), str(windows), str(pred_path), str(result_path),
                            log=lambda *a: None)
-    assert len(pred) == 4 * 140 and result_path.read_text() == P.format_results(det)
+    assert len(pred) == 4 * 140 and result_path.read_text() == thumos14.format_results(det)
     # A packed array that does not fit the window list.
     with pytest.raises(ValueError, match='does not fit the window list'):
         T.run_test(cfg, str(workdir['ckpt']), str(packed), None, str(tmp_path / 'p2.csv'), str(tmp_path / 'r2.txt'))

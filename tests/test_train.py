@@ -16,6 +16,7 @@ import config
 import load_data
 import operations
 import train
+import checkpoints
 
 torch.set_num_threads(2)
 LRS = (1e-3,) * 3
@@ -55,7 +56,7 @@ def load(path):
 
 
 def epochs_on_disk(cfg):
-    return [e for e, _ in operations.list_checkpoints(config.get_models_dir(cfg))]
+    return [e for e, _ in checkpoints.list_checkpoints(config.get_models_dir(cfg))]
 
 
 def log_lines(cfg):
@@ -126,7 +127,7 @@ def test_checkpoint_contents_and_load_model(full_run, data):
     assert ckpt['optimizer']['param_groups'][0]['lr'] == LRS[2]
     with open(os.path.join(config.get_models_dir(cfg), 'config.json')) as f:
         assert config.config_from_dict(json.load(f)).to_dict() == cfg.to_dict()
-    model, _ = operations.load_model(result['model_path'], cfg, feature_dim=8)
+    model, _ = checkpoints.load_model(result['model_path'], cfg, feature_dim=8)
     assert_same_tensors(model.state_dict(), ckpt['model'])
 
 
@@ -153,13 +154,13 @@ def test_finished_run_says_complete(resumed_run, data, capsys):
 
 def test_feature_dimension_that_does_not_fit_the_checkpoint(resumed_run):
     cfg, _, _ = resumed_run
-    with pytest.raises(SystemExit, match='dimension 8.*dimension 6.*--fresh'):
+    with pytest.raises(ValueError, match='dimension 8.*dimension 6.*--fresh'):
         train.train(cfg, data=make_data(dim=6), progress=False)
 
 
 def test_empty_training_set(tmp_path):
     empty = {key: value[:0] for key, value in make_data().items()}
-    with pytest.raises(SystemExit, match='training set is empty'):
+    with pytest.raises(ValueError, match='training set is empty'):
         train.train(make_cfg(tmp_path), data=empty, progress=False)
 
 
@@ -189,7 +190,7 @@ def test_decouple_ssad_trains(tmp_path):
     cfg = make_cfg(tmp_path, method='decouple_ssad', learning_rates=(1e-3,), batch_size=2)
     result = train.train(cfg, data=make_data(num_windows=2), progress=False)
     assert all(np.isfinite(v) for v in result['losses'].values())
-    model, ckpt = operations.load_model(result['model_path'], cfg, feature_dim=8)
+    model, ckpt = checkpoints.load_model(result['model_path'], cfg, feature_dim=8)
     assert ckpt['method'] == 'decouple_ssad' and len(log_lines(cfg)) == 1
 
 
@@ -245,8 +246,8 @@ def test_checkpoint_of_a_cuda_graph_run_resumes_on_a_cpu(tmp_path, data):
 
 def test_a_failed_checkpoint_write_stops_training(tmp_path, data, monkeypatch):
     """Checkpoints are written by a background thread; its error must not be lost."""
-    def disk_full(path, keep, state):
+    def disk_full(path, state, keep=0):
         raise OSError(f'{path}: no space left on device')
-    monkeypatch.setattr(train, 'save_checkpoint', disk_full)
+    monkeypatch.setattr(checkpoints, 'write_checkpoint', disk_full)
     with pytest.raises(OSError, match='no space left'):
         train.train(make_cfg(tmp_path, learning_rates=LRS[:2]), data=data, progress=False)

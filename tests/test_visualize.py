@@ -13,6 +13,7 @@ import evaluate
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'fig'))
 import visualize as V  # noqa: E402
+import thumos14  # noqa: E402
 
 CLASSES = [(7, 'BaseballPitch'), (9, 'BasketballDunk'), (26, 'Diving')]
 
@@ -40,7 +41,7 @@ def result(tmp_path):
 
 
 def test_panels_select_videos_scores_and_top(gt_dir, result):
-    det = evaluate.read_result(str(result))
+    det = thumos14.read_results(str(result))
     gt = evaluate.read_ground_truth(str(gt_dir))
     panels = V.timeline_panels(det, gt, ['video_test_0000001'], min_score=0.1, top=0)
     video, d, g, amb, classes = panels[0]

@@ -1,0 +1,226 @@
+"""THUMOS14 facts and file formats, each defined once (docs/method.md §1-2).
+
+- the 20 detection classes: THUMOS14 ids, names, the model's class indices;
+- frame rates: the built-in table of the test videos that are not 30 fps, and the
+  optional `video,fps` CSV (config field `fps_file`);
+- the feature-folder name `<root>/<split>/<mode>DataX<pretrain>`;
+- the result-file line `video start_s end_s class_id score` (writer and reader), and
+  the whitespace-separated text the evaluation kit's files share.
+
+Nothing here knows about models or configs: every other module may import it.
+"""
+import csv
+import os
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from fileio import atomic_open
+
+# --- classes ---
+
+# Model class index k (1..20) <-> THUMOS14 class id CLASS_REAL[k]; 0 is background.
+CLASS_REAL = [0, 7, 9, 12, 21, 22, 23, 24, 26, 31, 33, 36, 40, 45, 51, 68, 79, 85, 92, 93, 97]
+CLASS_NAMES = ['Background', 'BaseballPitch', 'BasketballDunk', 'Billiards', 'CleanAndJerk',
+               'CliffDiving', 'CricketBowling', 'CricketShot', 'Diving', 'FrisbeeCatch',
+               'GolfSwing', 'HammerThrow', 'HighJump', 'JavelinThrow', 'LongJump', 'PoleVault',
+               'Shotput', 'SoccerPenalty', 'TennisSwing', 'ThrowDiscus', 'VolleyballSpiking']
+NUM_CLASSES = len(CLASS_REAL)          # 20 actions + background: the width of every class head
+CLASS_IDS = CLASS_REAL[1:]             # the 20 action ids, in model-index order
+CLASS_NAME_OF_ID = dict(zip(CLASS_IDS, CLASS_NAMES[1:]))
+CLASS_INDEX_OF_ID = {cid: k for k, cid in enumerate(CLASS_REAL) if k > 0}
+# Every CliffDiving instance is also a Diving instance in the ground truth, so post-processing
+# repeats each CliffDiving detection as Diving (§10).
+CLIFF_DIVING, DIVING = 22, 26
+
+# --- frame rates ---
+
+DEFAULT_FPS = 30.0
+# THUMOS14 test videos that are not 30 fps (the release hard-codes this table).
+FPS_EXCEPTIONS = {'video_test_0000950': 25.0, 'video_test_0001058': 25.0,
+                  'video_test_0001195': 25.0, 'video_test_0001255': 25.0,
+                  'video_test_0001459': 25.0, 'video_test_0001207': 24.0}
+
+
+class FpsTable(dict):
+    """video -> fps; videos not in the table are DEFAULT_FPS. Callable too, and works with Series.map."""
+
+    def __missing__(self, video):
+        return DEFAULT_FPS
+
+    def __call__(self, video):
+        return self[video]
+
+
+def video_fps(fps_file=''):
+    """The fps of every video: `fps_file` (CSV `video,fps`) first, then FPS_EXCEPTIONS, then 30."""
+    table = FpsTable(FPS_EXCEPTIONS)
+    if not fps_file:
+        return table
+    if not os.path.isfile(fps_file):
+        raise ValueError(f'{fps_file}: fps file not found')
+    try:
+        df = pd.read_csv(fps_file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f'{fps_file}: cannot read as CSV: {err}') from None
+    if list(df.columns[:2]) != ['video', 'fps']:
+        raise ValueError(f'{fps_file}: the header must be "video,fps", got {",".join(df.columns)}')
+    fps = pd.to_numeric(df['fps'], errors='coerce').to_numpy(np.float64)
+    names = df['video'].str.strip()
+    bad = np.flatnonzero(~(fps > 0) | ~np.isfinite(fps) | (names == '').to_numpy())
+    if len(bad):
+        raise ValueError(f'{fps_file}:{bad[0] + 2}: expected "<video>,<fps > 0>", got '
+                         f'{df["video"].iloc[bad[0]]},{df["fps"].iloc[bad[0]]}')
+    repeated = names.duplicated(keep='first').to_numpy()
+    if repeated.any():
+        i = int(np.flatnonzero(repeated)[0])
+        first = int(np.flatnonzero((names == names.iloc[i]).to_numpy())[0])
+        raise ValueError(f'{fps_file}:{i + 2}: video {names.iloc[i]} is listed again (first on line {first + 2}); '
+                         f'give each video one frame rate')
+    table.update(zip(names, fps.tolist()))
+    return table
+
+
+# --- feature folders ---
+
+def feature_folder(root, split, mode, pretrain):
+    """`<root>/<split>/<mode>DataX<pretrain>`: the release's name of one stream's feature folder."""
+    return os.path.join(root, split, f'{mode}DataX{pretrain}')
+
+
+# --- whitespace-separated text (result files and the kit's annotation files) ---
+
+class EvalWarning(UserWarning):
+    """Legal but suspicious evaluation input (no detections, unknown classes, ...)."""
+
+
+def read_fields(path, ncols, what, numeric=()):
+    """Whitespace-separated text -> DataFrame, one row per line (blank lines dropped).
+
+    Columns `numeric` come back as float64 when every line parses (the fast path),
+    else every column is text and the caller's checks find the bad line. The index is
+    the 1-based line number, so errors can name file:line.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f'{what} not found: {path}')
+    try:
+        return _read_fields(path, ncols, numeric)
+    except UnicodeDecodeError as err:
+        raise ValueError(f'{path}: not a text file ({err.reason} at byte {err.start}); '
+                         f'expected {ncols} whitespace-separated fields per line') from None
+
+
+def _read_fields(path, ncols, numeric):
+    # One spare column catches lines with too many fields; more than one spare makes
+    # the C parser itself complain (with the line number).
+    kwargs = dict(sep=r'\s+', header=None, names=range(ncols + 1), na_filter=False, skip_blank_lines=False,
+                  quoting=csv.QUOTE_NONE, engine='c')
+    try:
+        df = pd.read_csv(path, dtype={k: (np.float64 if k in numeric else object) for k in range(ncols + 1)},
+                         **kwargs)
+        if len(df) and (df[ncols] != '').any():
+            raise ValueError('too many fields')
+        df.index = np.arange(1, len(df) + 1)
+        return df[list(range(ncols))]
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in range(ncols)})
+    except UnicodeDecodeError:
+        raise
+    except (ValueError, pd.errors.ParserError):
+        pass  # some line is not regular: read it all as text to say which one
+    try:
+        df = pd.read_csv(path, dtype=str, **kwargs)
+    except pd.errors.ParserError as err:
+        found = re.search(r'in line (\d+), saw (\d+)', str(err))
+        if not found:
+            raise ValueError(f'{path}: {str(err).strip()}') from None
+        # The tokenizer stops at a line with too many fields; an earlier line may
+        # have too few, and the first bad line is the one to report.
+        df = pd.read_csv(path, dtype=str, nrows=int(found[1]) - 1, **kwargs)
+        if len(df) == 0 or not ((df[ncols] != '') | (df[ncols - 1] == '') & ~(df == '').all(axis=1)).any():
+            raise ValueError(f'{path}:{found[1]}: expected {ncols} fields, got {found[2]}') from None
+    df.index = np.arange(1, len(df) + 1)
+    blank = (df == '').all(axis=1).to_numpy()
+    df = df[~blank]
+    bad = (df[ncols] != '').to_numpy() | (df[ncols - 1] == '').to_numpy()
+    if bad.any():
+        line = df.index[np.argmax(bad)]
+        nfields = int((df.loc[line] != '').sum())
+        raise ValueError(f'{path}:{line}: expected {ncols} fields, got {nfields}')
+    return df[list(range(ncols))]
+
+
+def numeric_field(df, col, path, name, integer=False):
+    """Column of strings -> finite float64 (or int64) array; the first bad line is an error."""
+    text = df[col]
+    if text.dtype == np.float64:
+        values = text.to_numpy()
+    else:
+        values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if integer:
+        bad |= values != np.round(values)
+    if bad.any():
+        i = np.argmax(bad)
+        kind = 'an integer' if integer else 'a finite number'
+        raise ValueError(f'{path}:{df.index[i]}: field {col + 1} ({name}) is {text.iloc[i]!r}, expected {kind}')
+    return values.astype(np.int64) if integer else values
+
+
+# --- result files ---
+
+RESULT_FORMAT = '%s\t%.3f\t%.3f\t%d\t%.4f\n'   # video, start (s), end (s), class id, score
+RESULT_COLUMNS = ['video', 'start', 'end', 'class_id', 'score']
+
+
+def format_results(det):
+    """The result-file text of a detections DataFrame (RESULT_COLUMNS)."""
+    rows = zip(det['video'].tolist(), det['start'].tolist(), det['end'].tolist(),
+               det['class_id'].tolist(), det['score'].tolist())
+    return ''.join(map(RESULT_FORMAT.__mod__, rows))
+
+
+def write_results(path, det):
+    """Write detections as a THUMOS14 result file, atomically."""
+    with atomic_open(path, 'w') as f:
+        f.write(format_results(det))
+
+
+def read_results(path, class_ids=None):
+    """Read a THUMOS14 result file -> DataFrame(video, start, end, class_id, score), file order.
+
+    '.mp4' is removed from video names (as the kit does). With `class_ids`, lines of
+    other classes are counted, reported once and dropped; the count is in
+    df.attrs['num_unknown'].
+    """
+    path = str(path)
+    df = read_fields(path, 5, 'result file', numeric=(1, 2, 3, 4))
+    out = pd.DataFrame({
+        'video': df[0].str.replace('.mp4', '', regex=False).to_numpy(dtype=object),
+        'start': numeric_field(df, 1, path, 'start'),
+        'end': numeric_field(df, 2, path, 'end'),
+        'class_id': numeric_field(df, 3, path, 'class id', integer=True),
+        'score': numeric_field(df, 4, path, 'score'),
+    })
+    out.attrs['num_unknown'] = 0
+    if len(out) == 0:
+        warnings.warn(f'{path}: no detections; every AP is 0', EvalWarning, stacklevel=2)
+    if class_ids is not None:
+        out = drop_unknown_classes(out, class_ids, path)
+    return out
+
+
+def drop_unknown_classes(det, class_ids, source):
+    """Detections of the classes `class_ids` only; the others are counted and reported once."""
+    known = np.isin(det['class_id'].to_numpy(), np.asarray(class_ids))
+    num_unknown = int((~known).sum()) + det.attrs.get('num_unknown', 0)
+    if not known.all():
+        ids = sorted(set(det['class_id'].to_numpy()[~known].tolist()))
+        warnings.warn(f'{source}: {int((~known).sum())} detections with class ids {ids[:10]}'
+                      f'{" ..." if len(ids) > 10 else ""} that are not THUMOS14 detection classes: ignored',
+                      EvalWarning, stacklevel=3)
+        det = det[known].reset_index(drop=True)
+    det.attrs['num_unknown'] = num_unknown
+    return det
