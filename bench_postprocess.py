@@ -30,7 +30,7 @@ def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed
     names = np.array([f'video_test_{i:07d}' for i in range(num_videos)], dtype=object)
     win_video = np.repeat(np.arange(num_videos), per_video)
     win_start = (np.arange(num_windows) - np.repeat(np.cumsum(per_video) - per_video, per_video)) * 256
-    video_class = rng.integers(1, 21, num_videos)
+    video_class = rng.integers(1, thumos14.NUM_CLASSES, num_videos)
 
     n = num_windows * anchors
     row_window = np.repeat(np.arange(num_windows), anchors)
@@ -48,11 +48,11 @@ def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed
 
     # Class logits: background dominates except on a `foreground` fraction of anchors,
     # which mostly favour the video's class.
-    logits = rng.normal(0.0, 1.0, (n, 21))
+    logits = rng.normal(0.0, 1.0, (n, thumos14.NUM_CLASSES))
     fg = rng.random(n) < foreground
     logits[~fg, 0] += 10.0
     own = video_class[win_video[row_window]]
-    other = rng.integers(1, 21, n)
+    other = rng.integers(1, thumos14.NUM_CLASSES, n)
     favoured = np.where(rng.random(n) < 0.8, own, other)
     logits[np.flatnonzero(fg), favoured[fg]] += rng.uniform(2.0, 6.0, fg.sum())
     scores = np.exp(logits - logits.max(1, keepdims=True)).astype(np.float32)

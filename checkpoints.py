@@ -84,7 +84,11 @@ def write_checkpoint(path, state, keep=0):
         raise ValueError(f'cannot write checkpoint {path}: {str(err).strip()[:200]}') from None
     if keep > 0:
         for _, old in list_checkpoints(os.path.dirname(path))[:-keep]:
-            os.remove(old)
+            try:
+                os.remove(old)
+            except OSError as err:
+                raise ValueError(f'wrote {path}, but cannot remove the old checkpoint {old}: '
+                                 f'{fileio.describe(err)}') from None
 
 
 # --- compatibility ---
@@ -123,9 +127,20 @@ def load_state(model, state, path):
     if bad:
         raise ValueError(f'checkpoint {path}: parameters do not fit a {type(model).__name__} model: {bad[:5]}')
     for key, value in state.items():
+        if not torch.is_tensor(value):
+            raise ValueError(f'checkpoint {path}: {key} is a {type(value).__name__}, not a tensor; '
+                             f'the file is damaged or not a checkpoint of this project')
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ValueError(f'checkpoint {path}: {key} has shape {tuple(value.shape)}, '
                              f'expected {tuple(expected[key].shape)} (feature_dim {model.feature_dim})')
+        # load_state_dict would quietly turn a bool or integer tensor into 0 / 1 weights
+        if value.is_floating_point() != expected[key].is_floating_point() or value.is_complex():
+            raise ValueError(f'checkpoint {path}: {key} has dtype {value.dtype}, expected {expected[key].dtype}; '
+                             f'the file is damaged or was not written by this project')
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f'checkpoint {path}: {key} holds {bad} non-finite value(s) (NaN or inf) of '
+                             f'{value.numel()}; its predictions would be NaN: use an earlier checkpoint or retrain')
     model.load_state_dict(state)
 
 

@@ -9,6 +9,8 @@ switches marked "improvement" are off by default.
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass, fields
 from os.path import join
@@ -69,7 +71,7 @@ class Config:
     channels_last: bool = False        # NHWC convolutions: 1.5x with bf16 / tf32 on a GPU, none in fp32
     group_branches: bool = False       # Decouple-SSAD's branches as grouped convolutions (measured: no gain)
     cudnn_benchmark: bool = True       # autotune each convolution once (~10 s at start; pays in fp32 only)
-    feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16)
+    feature_dtype: str = 'float32'     # dtype features are held in memory (float32 | float16 | float64)
 
     # --- post-processing and fusion ---
     filter_neg_threshold: float = 0.98    # drop anchors with background score >= this
@@ -176,13 +178,83 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
+FEATURE_DTYPES = ('float16', 'float32', 'float64')
+DEVICE_SYNTAX = re.compile(r'auto|cpu|cuda(:\d+)?')
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _domain_problems(cfg):
+    """One 'field: what is wrong (valid: ...)' per setting outside the values the code can use.
+
+    Each of these used to run to the end with exit status 0 and a quietly wrong (or empty)
+    result, or crash much later with a traceback."""
+    problems = []
+
+    def number(name, ok, valid, integer=False):
+        value = getattr(cfg, name)
+        if not _is_number(value) or (integer and not isinstance(value, int)) or value != value or not ok(value):
+            problems.append(f'{name}: {value!r} is outside its domain; use {valid}')
+
+    def numbers(name, ok, valid, integer=False):
+        values = getattr(cfg, name)
+        if not isinstance(values, (tuple, list)):
+            problems.append(f'{name}: {values!r} is not a list; use {valid}')
+            return
+        bad = [v for v in values if not _is_number(v) or (integer and not isinstance(v, int)) or v != v or not ok(v)]
+        if bad:
+            problems.append(f'{name}: {bad[0]!r} is outside its domain; use {valid}')
+
+    unit = lambda v: 0 <= v <= 1  # noqa: E731
+    positive_int = lambda v: v >= 1  # noqa: E731
+    # score_0 is a softmax probability: a threshold of 0 keeps no anchor, one above 1 is no filter
+    # (write 1); NaN compares false, so it too keeps nothing.
+    for name in ('filter_neg_threshold', 'filter_neg_threshold_fuse'):
+        number(name, lambda v: 0 < v <= 1, 'a number in (0, 1]: anchors with background score >= it are dropped')
+    # conf is the raw regression of the match score (an IoU in [0, 1]), not a probability and not
+    # bounded: a negative threshold keeps every anchor, one >= 1 drops nearly all, NaN / inf all.
+    number('filter_conf_threshold', lambda v: -math.inf < v < 1,
+           'a finite number below 1 (conf is the raw regression of an IoU in [0, 1]; negative = no filter)')
+    number('nms_threshold', unit, 'a number in [0, 1] (a tIoU)')
+    number('fuse_temporal_weight', unit, 'a number in [0, 1]')
+    number('overlap_ratio_threshold', unit, 'a number in [0, 1] (a fraction of an instance)')
+    numbers('learning_rates', lambda v: 0 < v < math.inf, 'finite numbers > 0, one per epoch')
+    for name in ('p_class', 'p_loc', 'p_conf'):
+        number(name, lambda v: 0 <= v < math.inf, 'a finite number >= 0 (a loss weight)')
+    number('negative_ratio', lambda v: v >= 0, 'a number >= 0')
+    if cfg.num_classes != thumos14.NUM_CLASSES:
+        problems.append(f'num_classes: {cfg.num_classes!r} is not supported; use {thumos14.NUM_CLASSES} (THUMOS14\'s '
+                        f'20 classes + background, which the data, the post-processing and the result files assume)')
+    for name in ('base_width', 'anchor_width', 'input_steps', 'window_size', 'train_stride', 'test_stride',
+                 'batch_size', 'test_batch_size'):
+        number(name, positive_int, 'an integer >= 1', integer=True)
+    numbers('num_anchors', positive_int, 'integers >= 1', integer=True)
+    numbers('scale', lambda v: 0 < v < math.inf, 'finite numbers > 0')
+    numbers('aspect_ratios', lambda v: 0 < v < math.inf, 'finite numbers > 0')
+    for name in ('keep_checkpoints', 'checkpoint_every'):
+        number(name, lambda v: v >= 0, 'an integer >= 0', integer=True)
+    if cfg.feature_dtype not in FEATURE_DTYPES:
+        problems.append(f'feature_dtype: {cfg.feature_dtype!r} is not supported; use one of '
+                        f'{", ".join(FEATURE_DTYPES)} (an integer type would truncate the features)')
+    if not isinstance(cfg.device, str) or not DEVICE_SYNTAX.fullmatch(cfg.device):
+        problems.append(f'device: {cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N')
+    return problems
+
+
 def check_config(cfg):
-    """Reject settings that cannot work together, naming the fields."""
+    """Reject settings that cannot work together or lie outside their domain, naming the fields
+    and what they may be, in one line: ValueError('bad config: field: ...; field: ...')."""
     problems = []
     if cfg.mode not in ('temporal', 'spatial'):
         problems.append(f'mode must be temporal or spatial, got {cfg.mode!r}')
     if cfg.method not in ('main_stream', 'decouple_ssad'):
         problems.append(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+    domain = _domain_problems(cfg)
+    problems += domain
+    if domain:   # the checks below do arithmetic on these fields
+        raise ValueError('bad config: ' + '; '.join(problems))
     n = len(cfg.layers_name)
     if not (len(cfg.num_anchors) == len(cfg.scale) == n):
         problems.append(f'layers_name, num_anchors and scale need one entry per anchor layer '
@@ -198,10 +270,6 @@ def check_config(cfg):
         problems.append('learning_rates is empty: it holds one learning rate per epoch')
     if not cfg.aspect_ratios:
         problems.append('aspect_ratios is empty')
-    if cfg.batch_size < 1:
-        problems.append('batch_size must be >= 1')
-    if cfg.test_batch_size < 1:
-        problems.append('test_batch_size must be >= 1')
     if problems:
         raise ValueError('bad config: ' + '; '.join(problems))
 
@@ -243,8 +311,19 @@ def config_from_dict(values):
 
 
 def load_config(path):
-    with open(path) as f:
-        return config_from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as err:
+        raise ValueError(f'{path}: cannot read: {err.strerror or err}') from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{path}:{err.lineno}: not a config.json: {err.msg}') from None
+    if not isinstance(values, dict):
+        raise ValueError(f'{path}: not a config.json: expected an object of config fields')
+    try:
+        return config_from_dict(values)
+    except ValueError as err:
+        raise ValueError(f'{path}: {err}') from None
 
 
 def main():

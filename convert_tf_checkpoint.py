@@ -38,10 +38,13 @@ class NpzSource:
         return list(self.data.files)
 
     def shape(self, key):
-        return tuple(self.data[key].shape)
+        return tuple(self.get(key).shape)
 
     def get(self, key):
-        return self.data[key]
+        try:
+            return self.data[key]
+        except Exception as err:  # noqa: BLE001 - e.g. an object array, which needs pickle
+            raise ValueError(f'{self.path}: variable {key} cannot be read: {err}') from None
 
 
 class TFSource:
@@ -77,6 +80,20 @@ def open_source(src):
     return TFSource(src)
 
 
+def checked_weights(value, key, path):
+    """float32 copy of one variable; ValueError naming it when it is not floating point (bool,
+    integer, string, object: a cast would turn it into quiet garbage) or holds NaN / inf."""
+    array = np.asarray(value)
+    if array.dtype.kind != 'f':
+        raise ValueError(f'{path}: variable {key} has dtype {array.dtype}, expected floating point weights '
+                         f'(float16 / float32 / float64): not a checkpoint of the released models?')
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f'{path}: variable {key} holds {bad} non-finite value(s) (NaN or inf) of {array.size}; '
+                         f'the model would predict NaN: use an intact checkpoint')
+    return array.astype(np.float32)
+
+
 def convert(source, cfg):
     """Checkpoint dict (docs/method.md §2) for cfg.method from a checkpoint source; ValueError if it does not fit."""
     keys = set(source.keys())
@@ -103,7 +120,7 @@ def convert(source, cfg):
             raise ValueError(f'{source.path}: variable {key} has shape {list(source.shape(key))}, '
                              f'expected {list(shape)} (feature dimension {feature_dim})')
     for key, _, _ in checkpoints.tf_variables(model):
-        arrays[key] = np.asarray(source.get(key), dtype=np.float32)
+        arrays[key] = checked_weights(source.get(key), key, source.path)
     state = checkpoints.state_dict_from_tf(model, arrays, source.path)
     epoch = re.search(r'-ep-(\d+)', os.path.basename(source.path))
     return {'model': state, 'method': cfg.method, 'feature_dim': feature_dim,

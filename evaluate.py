@@ -163,7 +163,41 @@ def _prepare(result, gt, source):
     else:
         det = read_results(result)
         source = str(result)
-    return drop_unknown_classes(det, gt['class_ids'], source)
+    det = drop_unknown_classes(det, gt['class_ids'], source)
+    check_videos(det, gt, source)
+    return det
+
+
+def check_videos(det, gt, source):
+    """Warn (EvalWarning) when detections are on videos the ground truth does not have.
+
+    Legal (the kit scores them as false positives, or ignores them when no instance of their
+    class is there), but when none of the videos is known the result is for another subset or
+    another naming, and every AP is 0. Warns once per detections table and ground truth.
+    Returns the number of detections on unknown videos (also det.attrs['num_unknown_videos']).
+    """
+    key = (gt.get('gt_dir'), gt.get('subset'), len(det))
+    if det.attrs.get('videos_checked') == key:
+        return det.attrs.get('num_unknown_videos', 0)
+    known_videos = pd.unique(pd.concat([gt['gt']['video'], gt['ambiguous']['video']], ignore_index=True))
+    dv = det['video'].to_numpy(dtype=object)
+    unknown = ~pd.Series(dv).isin(known_videos).to_numpy()
+    n = int(unknown.sum())
+    if n:
+        names = list(dict.fromkeys(dv[unknown].tolist()))
+        shown = ', '.join(names[:3]) + (' ...' if len(names) > 3 else '')
+        where = f'{gt.get("gt_dir")} ({gt.get("subset")})'
+        if n == len(dv):
+            warnings.warn(f'{source}: none of its {len(names)} videos ({shown}) is in the ground truth {where}: '
+                          f'every AP is 0; is it a result for another subset, or are the video names different?',
+                          EvalWarning, stacklevel=3)
+        else:
+            warnings.warn(f'{source}: {n} of {len(dv)} detections are on {len(names)} videos without any ground-truth '
+                          f'instance or Ambiguous interval in {where} ({shown}): they can only be false positives',
+                          EvalWarning, stacklevel=3)
+    det.attrs['videos_checked'] = key
+    det.attrs['num_unknown_videos'] = n
+    return n
 
 
 def _class_index(det, class_ids):
@@ -289,7 +323,8 @@ def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', r
     info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
                 num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
                 num_ambiguous=int(len(amb)), num_detections=int(N),
-                num_unknown=int(det.attrs.get('num_unknown', 0)))
+                num_unknown=int(det.attrs.get('num_unknown', 0)),
+                num_unknown_video_detections=int(det.attrs.get('num_unknown_videos', 0)))
     return _finish('kit', thr, aps, info, curves)
 
 
@@ -356,7 +391,8 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
     info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
                 num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
                 num_duplicates_removed=int(len(gt['gt']) - len(g)), num_detections=int(N),
-                num_unknown=int(det.attrs.get('num_unknown', 0)))
+                num_unknown=int(det.attrs.get('num_unknown', 0)),
+                num_unknown_video_detections=int(det.attrs.get('num_unknown_videos', 0)))
     return _finish('anet', thr, aps, info, curves)
 
 
@@ -366,7 +402,11 @@ EVALUATORS = {'kit': evaluate_kit, 'anet': evaluate_anet}
 def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False):
     """Several metrics on one result, reading the files once -> {metric: result dict}."""
     gt = read_ground_truth(gt_dir, subset)
-    det = result if isinstance(result, pd.DataFrame) else read_results(result, gt['class_ids'])
+    if isinstance(result, pd.DataFrame):
+        det = _prepare(result, gt, 'result')
+    else:
+        det = read_results(result, gt['class_ids'])
+        check_videos(det, gt, str(result))
     return {m: EVALUATORS[m](det, gt_dir, thresholds, subset, return_pr=return_pr, gt=gt) for m in metrics}
 
 

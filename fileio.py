@@ -16,21 +16,33 @@ def atomic_path(path):
 
         with atomic_path('results/x.txt') as tmp:
             np.savetxt(tmp, ...)
+
+    A failure of the file system (folder not writable, disk full, read-only mount), in
+    setting up, in the block or in the rename, is a ValueError naming `path` and the cause;
+    the target is then as it was before.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    # mkstemp makes the file private (0600); give it the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+        os.close(fd)
+    except OSError as err:
+        raise ValueError(f'cannot write {path}: {describe(err)}') from None
+    try:
+        # mkstemp makes the file private (0600); give it the permissions open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise ValueError(f'cannot write {path}: {describe(err)}') from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        except OSError:
+            pass   # the original error says what went wrong
 
 
 @contextlib.contextmanager
@@ -41,17 +53,31 @@ def atomic_open(path, mode='w', **kwargs):
             yield f
 
 
+def describe(err):
+    """The cause of an OSError in a few words: 'No space left on device', 'Permission denied'."""
+    return err.strerror or str(err) or type(err).__name__
+
+
 def check_writable(path):
-    """Fail now, before any long work, if `path` cannot be created (ValueError naming it)."""
+    """Fail now, before any long work, if `path` cannot be created (ValueError naming it).
+
+    Creates and deletes a temporary file beside it, as atomic_path will: os.access alone
+    says yes to root in a folder of mode 0555 and knows nothing of a read-only mount."""
     folder = os.path.dirname(os.path.abspath(path)) or '.'
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise ValueError(f'cannot create folder for {path}: {err.strerror or err}') from None
+        raise ValueError(f'cannot create folder for {path}: {describe(err)}') from None
     if os.path.isdir(path):
         raise ValueError(f'cannot write {path}: it is a folder')
     if not os.access(folder, os.W_OK):
         raise ValueError(f'cannot write {path}: folder {folder} is not writable')
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f'cannot write {path}: folder {folder}: {describe(err)}') from None
 
 
 @contextlib.contextmanager
@@ -59,9 +85,12 @@ def folder_lock(folder, what='run'):
     """Hold an exclusive lock on `folder` (a `.lock` file in it) for the block; ValueError if
     another process holds it. The kernel drops the lock when the process ends, however it
     ends, so a crash never leaves it stuck."""
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, '.lock')
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ValueError(f'cannot lock {folder} (file {path}): {describe(err)}') from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

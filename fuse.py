@@ -6,7 +6,9 @@
 The first form reads results/predict_temporal_<pretrain>_<method>.csv and
 results/predict_spatial_<pretrain>_<method>.csv and writes
 results/result_fuse_<pretrain>_<method>.txt. Both files must hold predictions of the
-same windows in the same order; otherwise the first row that differs is named.
+same windows in the same order, and the anchors of each window in the same order
+(checked with their `anchor` column when both have one; without it a warning says the
+order cannot be verified); otherwise the first row that differs is named.
 conf, xmin, xmax and every score_k become w * temporal + (1 - w) * spatial
 (w = fuse_temporal_weight, 2/3); rows with fused score_0 >= filter_neg_threshold_fuse
 are dropped, then the post-processing of test.py applies (its filters included, as released).
@@ -14,6 +16,7 @@ are dropped, then the post-processing of test.py applies (its filters included, 
 import argparse
 import dataclasses
 import os
+import warnings
 
 import config as C
 import postprocess
@@ -49,6 +52,7 @@ def main(argv=None):
     parser.add_argument('--temporal', default=None, help='temporal-stream predictions CSV')
     parser.add_argument('--spatial', default=None, help='spatial-stream predictions CSV')
     parser.add_argument('--out', default=None, help='result file (default results/result_fuse_<pretrain>_<method>.txt)')
+    warnings.formatwarning = thumos14.format_warning
     try:
         cfg, args = C.parse_config(parser, argv)
         out, det = fuse(cfg, args.temporal, args.spatial, args.out)

@@ -19,6 +19,8 @@ import builtins
 import os
 import pickle
 import re
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,7 +28,7 @@ import pandas as pd
 
 from config import get_anno_path, get_data_x_path
 from fileio import atomic_open, atomic_path
-from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES
+from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES, check_text_file, warn
 
 ANNOTATION_COLUMNS = ('video', 'type', 'type_idx', 'startFrame', 'endFrame', 'frame_num')
 TRIM_FRAMES = 9        # the released window generator ignores the last 9 frames of every video
@@ -39,17 +41,24 @@ PACKED_NAME = 'packed.npy'
 def read_annotation(path):
     """Read and validate a `thumos14_<split>_annotation.csv` (method.md §2).
 
-    Errors name the file and the line (line 1 is the header)."""
+    Errors name the file and the line (line 1 is the header). A file with no instance is an
+    error (every window would be background); repeated rows are warned about."""
     if not os.path.isfile(path):
         raise ValueError(f'{path}: annotation file not found')
+    check_text_file(path, 'annotation file', f'a CSV with the header {",".join(ANNOTATION_COLUMNS)}')
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: cannot read as CSV: {err}') from None
+    except ValueError as err:   # NUL bytes, UTF-16 and the like, as pandas reports them
         raise ValueError(f'{path}: cannot read as CSV: {err}') from None
     missing = [c for c in ANNOTATION_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f'{path}: missing column(s) {missing}; the header must be {",".join(ANNOTATION_COLUMNS)}')
     df = df[list(ANNOTATION_COLUMNS)].copy()
+    if len(df) == 0:
+        raise ValueError(f'{path}:2: no annotation rows after the header: with no action instance every window '
+                         f'would be background; give the rows {",".join(ANNOTATION_COLUMNS)}, one per instance')
     lines = np.arange(len(df)) + 2
 
     def fail(mask, what):
@@ -71,6 +80,17 @@ def read_annotation(path):
     fail(df['endFrame'] <= df['startFrame'], 'endFrame <= startFrame')
     fail(df['frame_num'] <= 0, 'frame_num must be positive')
     fail(df.groupby('video')['frame_num'].transform('nunique') > 1, 'frame_num differs between rows of one video')
+    fail(df['endFrame'] > df['frame_num'], 'endFrame is beyond frame_num, the video\'s length; '
+         'fix the instance or the frame count')
+    repeated = df.duplicated(['video', 'type_idx', 'startFrame', 'endFrame'], keep='first').to_numpy()
+    if repeated.any():
+        i = int(np.flatnonzero(repeated)[0])
+        same = (df[['video', 'type_idx', 'startFrame', 'endFrame']] == df.iloc[i][['video', 'type_idx', 'startFrame',
+                                                                                 'endFrame']]).all(axis=1)
+        first = int(np.flatnonzero(same.to_numpy())[0])
+        warn(f'{path}:{lines[i]}: instance repeats line {lines[first]} ({df["video"].iloc[i]}, '
+             f'type_idx {df["type_idx"].iloc[i]}, frames {df["startFrame"].iloc[i]}-{df["endFrame"].iloc[i]}); '
+             f'{int(repeated.sum())} repeated rows in all, each trains as a second box')
     return df.reset_index(drop=True)
 
 
@@ -167,14 +187,20 @@ def read_window_info(path):
     """Read a `window_info.log` (`<start_frame>, <video>` per line) -> (starts int64, videos str)."""
     if not os.path.isfile(path):
         raise ValueError(f'{path}: window list not found (data/gen_data_info.py writes it)')
+    check_text_file(path, 'window list', '"<start_frame>, <video>" per line')
     starts, videos = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            match = _WINDOW_LINE.fullmatch(line.rstrip('\n'))
-            if not match:
-                raise ValueError(f'{path}:{number}: expected "<start_frame>, <video>", got {line.rstrip()!r}')
-            starts.append(int(match.group(1)))
-            videos.append(match.group(2))
+    with open(path, encoding='utf-8') as f:
+        number = 0
+        try:
+            for number, line in enumerate(f, 1):
+                match = _WINDOW_LINE.fullmatch(line.rstrip('\n'))
+                if not match:
+                    raise ValueError(f'{path}:{number}: expected "<start_frame>, <video>", got {line.rstrip()!r}')
+                starts.append(int(match.group(1)))
+                videos.append(match.group(2))
+        except UnicodeDecodeError as err:
+            raise ValueError(f'{path}:{number + 1}: not UTF-8 text ({err.reason}); expected '
+                             f'"<start_frame>, <video>" per line') from None
     if not starts:
         raise ValueError(f'{path}: window list is empty')
     return np.array(starts, dtype=np.int64), np.array(videos, dtype=str)
@@ -194,6 +220,8 @@ def write_split_info(anno_path, split, out_dir, cfg, windows=None):
     anno = read_annotation(anno_path)
     training = _is_training(split, cfg)
     starts, videos = read_window_info(windows) if windows else make_windows(anno, training, cfg)
+    if windows:
+        check_windows_against_annotation(anno, anno_path, starts, videos, windows, training, cfg)
     if training:
         gt = make_gt(anno, starts, videos, cfg)
         empty = np.flatnonzero(np.diff(gt['offsets']) == 0)
@@ -251,10 +279,14 @@ def load_gt(path):
     if not os.path.isfile(path):
         raise ValueError(f'{path}: ground-truth file not found (data/gen_data_info.py writes it)')
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f'a single .npy array, not an .npz archive of {", ".join(GT_FIELDS)}')
+        with z:
             gt = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f'{path}: cannot read: {err}') from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        # BadZipFile: a truncated or foreign file ("File is not a zip file" says no path).
+        raise ValueError(f'{path}: cannot read as .npz: {err}; regenerate it with data/gen_data_info.py') from None
     check_gt(gt, path)
     gt['video'] = gt['video'].astype(str)
     return gt
@@ -281,6 +313,17 @@ def pad_gt(gt):
 
 # --- released pickles ---
 
+import io  # noqa: E402 - used by the restricted unpickler only
+import operator  # noqa: E402
+import pickletools  # noqa: E402
+
+# What a pickle may build is bounded by its size: BUILD_FACTOR bytes per byte of file (at least
+# BUILD_MIN in all). A released ground-truth pickle only builds what it holds (arrays come with
+# their data), so this refuses nothing real, only a few bytes that claim gigabytes.
+BUILD_FACTOR = 16
+BUILD_MIN = 1 << 20
+
+
 def _latin1_encode(text, encoding='latin1'):
     # Pickles written by Python 3 with protocol 2 store bytes as _codecs.encode(str, 'latin1').
     if encoding.lower().replace('-', '') != 'latin1':
@@ -288,51 +331,162 @@ def _latin1_encode(text, encoding='latin1'):
     return text.encode('latin1')
 
 
+def _count_size(args, kwargs):
+    """Bytes bytes(x) / bytearray(x) will allocate beyond its argument: x itself when it is an integer."""
+    value = args[0] if args else kwargs.get('source')
+    if value is not None and not isinstance(value, (str, bytes, bytearray, list, tuple)) \
+            and hasattr(type(value), '__index__'):
+        return max(operator.index(value), 0)
+    return 0
+
+
+def _array_bytes(shape, dtype):
+    shape = (shape,) if hasattr(type(shape), '__index__') else tuple(shape)
+    count = 1
+    for n in shape:
+        count *= max(operator.index(n), 0)   # Python integers: no overflow to a small number
+    return count * np.dtype(dtype).itemsize
+
+
+def _ndarray_size(args, kwargs):
+    shape = args[0] if args else kwargs.get('shape', ())
+    dtype = args[1] if len(args) > 1 else kwargs.get('dtype', float)
+    return _array_bytes(shape, dtype)
+
+
+def _reconstruct_size(args, kwargs):   # _reconstruct(subtype, shape, dtype): an empty array of that shape
+    return _array_bytes(args[1], args[2]) if len(args) >= 3 else 0
+
+
+def _scalar_size(args, kwargs):
+    return np.dtype(args[0]).itemsize if args else 0
+
+
 def _allowed_globals():
-    allowed = {('builtins', n): getattr(builtins, n) for n in ('list', 'dict', 'tuple', 'set', 'frozenset',
-                                                              'bytearray', 'int', 'float', 'complex', 'bool',
-                                                              'str', 'bytes')}
+    """{(module, name): (callable, size)}: size(args, kwargs) is what a call allocates, or None."""
+    allowed = {('builtins', n): (getattr(builtins, n), None)
+               for n in ('list', 'dict', 'tuple', 'set', 'frozenset', 'int', 'float', 'complex', 'bool', 'str')}
+    allowed.update({('builtins', n): (getattr(builtins, n), _count_size) for n in ('bytearray', 'bytes')})
     allowed.update({('__builtin__', n): f for (_, n), f in list(allowed.items())})
-    allowed[('_codecs', 'encode')] = _latin1_encode
+    allowed[('_codecs', 'encode')] = (_latin1_encode, None)
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        allowed[(module, '_reconstruct')] = multiarray._reconstruct
-        allowed[(module, 'scalar')] = multiarray.scalar
+        allowed[(module, '_reconstruct')] = (multiarray._reconstruct, _reconstruct_size)
+        allowed[(module, 'scalar')] = (multiarray.scalar, _scalar_size)
     numeric = np._core.numeric if hasattr(np, '_core') else np.core.numeric
     for module in ('numpy.core.numeric', 'numpy._core.numeric'):   # arrays in pickle protocol 5
-        allowed[(module, '_frombuffer')] = numeric._frombuffer
-    allowed[('numpy', 'ndarray')] = np.ndarray
-    allowed[('numpy', 'dtype')] = np.dtype
+        allowed[(module, '_frombuffer')] = (numeric._frombuffer, None)   # a view of bytes in the file
+    allowed[('numpy', 'ndarray')] = (np.ndarray, _ndarray_size)
+    allowed[('numpy', 'dtype')] = (np.dtype, None)
     for name in dir(np.dtypes):   # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType etc.
         if name.endswith('DType') and name not in ('StringDType',):
-            allowed[('numpy.dtypes', name)] = getattr(np.dtypes, name)
+            allowed[('numpy.dtypes', name)] = (getattr(np.dtypes, name), None)
     return allowed
 
 
+_LENGTH_FIELDS = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+
+
+def _check_opcodes(data):
+    """Walk the opcodes of `data` (without running them); UnpicklingError for one that would make
+    the C unpickler allocate what the file cannot hold: a counted string or frame (BINBYTES8,
+    BYTEARRAY8, FRAME, ...) longer than the rest of the file, which it allocates before reading,
+    or a memo index (LONG_BINPUT, PUT) beyond the file's length, which grows the memo to twice it."""
+    pos, end = 0, len(data)
+    while pos < end:
+        op = pickletools.code2op.get(chr(data[pos]))
+        if op is None:
+            return   # the unpickler reports it
+        at, pos = pos, pos + 1
+        arg = op.arg
+        if arg is None:
+            if op.name == 'STOP':
+                return
+            continue
+        if arg.n >= 0:
+            value = int.from_bytes(data[pos:pos + arg.n], 'little')
+            pos += arg.n
+            if op.name == 'FRAME' and value > end - pos:
+                raise pickle.UnpicklingError(f'byte {at}: FRAME of {value:,} bytes, but {end - pos:,} remain')
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            line_end = data.find(b'\n', pos)
+            if op.name in ('GLOBAL', 'INST') and line_end >= 0:
+                line_end = data.find(b'\n', line_end + 1)
+            if line_end < 0:
+                return
+            value, pos = data[pos:line_end], line_end + 1
+            if op.name in ('PUT', 'GET') and value.strip().isdigit():
+                value = int(value)
+        else:
+            width, signed = _LENGTH_FIELDS[arg.n]
+            value = int.from_bytes(data[pos:pos + width], 'little', signed=signed)
+            pos += width
+            if value > end - pos:
+                raise pickle.UnpicklingError(f'byte {at}: {op.name} claims {value:,} bytes, but {end - pos:,} remain')
+            pos += max(value, 0)
+            continue
+        if op.name in ('PUT', 'BINPUT', 'LONG_BINPUT') and isinstance(value, int) and value > end:
+            raise pickle.UnpicklingError(f'byte {at}: {op.name} memo index {value:,} in a file of {end:,} bytes')
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Only the allowed globals, and all they build together within `budget` bytes."""
     allowed = None
+
+    def __init__(self, file, budget, **kwargs):
+        super().__init__(file, **kwargs)
+        self.budget = budget
 
     def find_class(self, module, name):
         found = self.allowed.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(
                 f'refused to load {module}.{name}: only numpy arrays, dtypes and built-in containers are allowed')
-        return found
+        function, size = found
+        if size is None:
+            return function
+
+        def bounded(*args, **kwargs):
+            # numpy.ndarray is both a bounded call and the class argument of _reconstruct
+            args = tuple(getattr(a, 'unpickled_global', a) for a in args)
+            try:
+                need = size(args, kwargs)
+            except (TypeError, ValueError, OverflowError):
+                need = 0   # arguments the call itself will refuse
+            if need > self.budget:
+                raise pickle.UnpicklingError(
+                    f'refused {module}.{name} of {need:,} bytes: more than this file may build '
+                    f'({self.budget:,} bytes left of {BUILD_FACTOR} x its size)')
+            self.budget -= need
+            return function(*args, **kwargs)
+        bounded.unpickled_global = function
+        return bounded
 
 
 def safe_unpickle(path):
     """Load a pickle that may only hold numpy arrays, dtypes and built-in containers.
 
     Anything else (a function, a class, os.system, ...) is refused with a ValueError naming the
-    file, before it can run. Python 2 pickles (the release's) are read with latin1 strings."""
+    file, before it can run, and so are a few bytes that would allocate gigabytes (bytearray of
+    a huge integer, an empty array of a huge shape, a huge memo index or counted string): what
+    the pickle builds is bounded by BUILD_FACTOR x its size. Python 2 pickles (the release's)
+    are read with latin1 strings."""
     if not os.path.isfile(path):
         raise ValueError(f'{path}: file not found')
     _RestrictedUnpickler.allowed = _RestrictedUnpickler.allowed or _allowed_globals()
     try:
         with open(path, 'rb') as f:
-            return _RestrictedUnpickler(f, encoding='latin1').load()
-    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError) as err:
-        raise ValueError(f'{path}: unsafe or unreadable pickle: {err}') from None
+            data = f.read()
+        _check_opcodes(data)
+        budget = max(BUILD_MIN, BUILD_FACTOR * len(data))
+        # from memory: a file object would preallocate whatever length an opcode claims
+        return _RestrictedUnpickler(io.BytesIO(data), budget, encoding='latin1').load()
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError,
+            KeyError, OverflowError, MemoryError, RecursionError) as err:
+        raise ValueError(f'{path}: unsafe or unreadable pickle: {type(err).__name__}: {err}') from None
+    except OSError as err:
+        raise ValueError(f'{path}: cannot read: {err.strerror or err}') from None
 
 
 def load_released_gt(window_info_path, gt_info_path, gt_label_path):
@@ -402,11 +556,14 @@ def feature_layout(folder):
 
 def _load_npy(path, mmap=False):
     try:
-        return np.load(path, allow_pickle=False, mmap_mode='r' if mmap else None)
+        a = np.load(path, allow_pickle=False, mmap_mode='r' if mmap else None)
     except FileNotFoundError:
         raise ValueError(f'{path}: feature file not found') from None
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(f'{path}: cannot read as .npy: {err}') from None
+    if not isinstance(a, np.ndarray):   # an .npz archive under a .npy name
+        raise ValueError(f'{path}: an .npz archive, not a .npy array; save one array per file with np.save')
+    return a
 
 
 def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=None, mmap=False):
@@ -531,8 +688,10 @@ def load_train_gt(cfg):
         gt = load_released_gt(info_path, pkl_info, pkl_label)
         source = pkl_info
     else:
-        gt = make_gt(read_annotation(get_anno_path(cfg, split)), starts, videos, cfg)
         source = get_anno_path(cfg, split)
+        anno = read_annotation(source)
+        check_windows_against_annotation(anno, source, starts, videos, info_path, True, cfg)
+        gt = make_gt(anno, starts, videos, cfg)
     if len(gt['start']) != len(starts):
         raise ValueError(f'{source}: {len(gt["start"])} windows, but {info_path} lists {len(starts)}')
     bad = np.flatnonzero((gt['start'] != starts) | (gt['video'] != videos))
@@ -541,6 +700,47 @@ def load_train_gt(cfg):
         raise ValueError(f'{source}: window {i} is ({gt["start"][i]}, {gt["video"][i]}) but line {i + 1} of '
                          f'{info_path} is ({starts[i]}, {videos[i]})')
     return gt
+
+
+def _names(values, limit=5):
+    values = list(values)
+    return ', '.join(values[:limit]) + (f' ... ({len(values)} in all)' if len(values) > limit else '')
+
+
+def check_windows_against_annotation(anno, anno_path, starts, videos, info_path, training, cfg):
+    """A window list and the annotation it is meant for must agree.
+
+    - a window of a video the annotation does not have: an error for training (it could only
+      train as background), a warning for testing (its detections cannot be scored);
+    - a window starting at or beyond the video's frame_num: an error;
+    - a video that has method.md §3 windows (in training: windows that keep an instance)
+      but none in the list: a warning (its instances are never seen: missed at test time,
+      never learned in training).
+    """
+    frames = anno.groupby('video', sort=True)['frame_num'].first()
+    known = np.isin(videos, frames.index.to_numpy(dtype=str))
+    if not known.all():
+        i = int(np.flatnonzero(~known)[0])
+        unknown = list(dict.fromkeys(videos[~known].tolist()))
+        what = (f'{info_path}:{i + 1}: video: {videos[i]} is not in {anno_path} '
+                f'({int((~known).sum())} windows of {len(unknown)} such videos: {_names(unknown)})')
+        if training:
+            raise ValueError(f'{what}; its windows have no instances to learn: use the window list '
+                             f'data/gen_data_info.py writes for this annotation file')
+        warn(f'{what}; detections on them cannot be scored')
+    num = frames.reindex(videos[known]).to_numpy(np.int64)
+    beyond = np.flatnonzero(known)[starts[known] >= num]
+    if len(beyond):
+        i = int(beyond[0])
+        raise ValueError(f'{info_path}:{i + 1}: start: window ({starts[i]}, {videos[i]}) starts at or beyond the '
+                         f'{frames[videos[i]]} frames {anno_path} gives the video ({len(beyond)} such windows); '
+                         f'the window list does not belong to this annotation: regenerate it with data/gen_data_info.py')
+    missing = np.setdiff1d(np.unique(make_windows(anno, training, cfg)[1]), videos)
+    if len(missing):
+        count = int(anno['video'].isin(missing).sum())
+        warn(f'{anno_path}: video: {len(missing)} annotated videos have no window in {info_path}: {_names(missing)}; '
+             f'their {count} instances are ' + ('never trained on' if training else 'missed at evaluation')
+             + '; regenerate the window list with data/gen_data_info.py if that is not intended')
 
 
 def _first_batch(cfg, w):
@@ -563,6 +763,14 @@ def load_test_data(cfg, mode=None, windows=None, features=None):
     `windows` overrides `<data_dir>/<test split>/window_info.log`, `features` the feature folder."""
     windows = windows or os.path.join(_split_dir(cfg, cfg.test_split_set), 'window_info.log')
     starts, videos = read_window_info(windows)
+    anno_path = get_anno_path(cfg, cfg.test_split_set)
+    if os.path.isfile(anno_path):   # not needed to test; when there, the window list must fit it
+        try:
+            anno = read_annotation(anno_path)
+        except ValueError as err:
+            warn(f'cannot check the window list {windows} against the test annotation: {err}')
+        else:
+            check_windows_against_annotation(anno, anno_path, starts, videos, windows, False, cfg)
     keep = _first_batch(cfg, len(starts))
     feats = load_features(cfg, cfg.test_split_set, starts, videos, mode, indices=keep, folder=features)
     return dict(features=feats, starts=starts[keep], videos=videos[keep])

@@ -29,6 +29,9 @@ from thumos14 import CLASS_REAL, CLIFF_DIVING, DIVING, NUM_CLASSES
 
 SCORE_COLUMNS = [f'score_{k}' for k in range(NUM_CLASSES)]
 PRED_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+# Optional last column: the anchor's index inside its window (0..A-1), so that fusion can
+# check that both streams list the same anchors in the same order. The release's files lack it.
+ANCHOR_COLUMN = 'anchor'
 CANDIDATES_PER_ROW = 3
 
 
@@ -64,26 +67,47 @@ def prediction_arrays(pred):
     return out
 
 
-def predictions_frame(arrays):
-    """The predictions CSV's DataFrame (method.md §2 column order) from column arrays."""
+def predictions_frame(arrays, anchors_per_window=None):
+    """The predictions CSV's DataFrame (method.md §2 column order) from column arrays.
+
+    An `anchor` array in `arrays`, or `anchors_per_window` = A (rows are A anchors of each
+    window in turn, in the model's anchor order), adds the last column `anchor` (0..A-1).
+    """
     scores = np.asarray(arrays['scores'])
+    n = len(scores)
+    extra = {}
+    if ANCHOR_COLUMN in arrays:
+        extra[ANCHOR_COLUMN] = np.asarray(arrays[ANCHOR_COLUMN], np.int64)
+        if len(extra[ANCHOR_COLUMN]) != n:
+            raise ValueError(f'predictions table: column anchor has {len(extra[ANCHOR_COLUMN])} rows, scores has {n}')
+    elif anchors_per_window is not None:
+        a = int(anchors_per_window)
+        if a <= 0 or n % a:
+            raise ValueError(f'predictions table: {n} rows are not whole windows of {anchors_per_window} anchors')
+        extra[ANCHOR_COLUMN] = np.tile(np.arange(a, dtype=np.int64), n // a)
     # One column per score: pandas takes the column arrays as they are, where a 2-d block
     # would be transposed and copied (20x slower for the test set's 714k rows).
     return pd.DataFrame({'video_name': arrays['video_name'], 'start': arrays['start'],
                          'conf': arrays['conf'], 'xmin': arrays['xmin'], 'xmax': arrays['xmax'],
-                         **{name: scores[:, i] for i, name in enumerate(SCORE_COLUMNS)}}, copy=False)
+                         **{name: scores[:, i] for i, name in enumerate(SCORE_COLUMNS)}, **extra}, copy=False)
 
 
 def read_predictions(path):
-    """Read and validate a predictions CSV; ValueError naming the file and line on bad input."""
+    """Read and validate a predictions CSV; ValueError naming the file and line on bad input.
+
+    The optional last column `anchor` (anchor index in the window) is kept when present.
+    """
     if not os.path.isfile(path):
         raise ValueError(f'{path}: predictions file not found')
+    thumos14.check_text_file(path, 'predictions file', f'a CSV with the header {",".join(PRED_COLUMNS[:6])},...')
     try:
         # Blank lines kept (as empty rows) so that row i is file line i + 2 in error messages.
         df = pd.read_csv(path, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f'{path}: empty file, expected a header line {",".join(PRED_COLUMNS)}') from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: not a predictions CSV: {err}') from None
+    except ValueError as err:   # e.g. NUL bytes or a broken encoding that pandas reports so
         raise ValueError(f'{path}: not a predictions CSV: {err}') from None
     missing = [c for c in PRED_COLUMNS if c not in df.columns]
     if missing:
@@ -93,18 +117,49 @@ def read_predictions(path):
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f'{path}, line {i + 2}: empty video_name')
-    for col in PRED_COLUMNS[1:]:
+    columns = PRED_COLUMNS + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else [])
+    for col in columns[1:]:
         values = pd.to_numeric(df[col], errors='coerce').to_numpy(np.float64)
         bad = ~np.isfinite(values)
-        if col == 'start':
-            bad |= values != np.round(values)
+        integer = col in ('start', ANCHOR_COLUMN)
+        if integer:
+            bad |= (values != np.round(values)) | (values < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f'{path}, line {i + 2}: column {col}: {df[col].iloc[i]!r} is not '
-                             f'{"an integer frame" if col == "start" else "a finite number"}')
-        df[col] = values.astype(np.int64) if col == 'start' else values
+            kind = {'start': 'an integer frame', ANCHOR_COLUMN: 'an anchor index 0, 1, ...'}.get(col, 'a finite number')
+            raise ValueError(f'{path}, line {i + 2}: column {col}: {df[col].iloc[i]!r} is not {kind}')
+        df[col] = values.astype(np.int64) if integer else values
     df['video_name'] = names.astype(str)
-    return df[PRED_COLUMNS]
+    _warn_scattered_windows(df, path)
+    return df[columns]
+
+
+def _window_runs(video, start):
+    """Start row of every run of consecutive rows of one window (video, start), plus len."""
+    n = len(video)
+    new = np.ones(n, bool)
+    new[1:] = (video[1:] != video[:-1]) | (start[1:] != start[:-1])
+    return np.append(np.flatnonzero(new), n)
+
+
+def _warn_scattered_windows(df, path):
+    """A window whose rows are not all together (the file holds it twice, apart) is suspicious:
+    its anchors would be post-processed twice. Repeats next to each other are legal (the
+    released window lists repeat the end-aligned window)."""
+    video = df['video_name'].to_numpy(dtype=object)
+    start = df['start'].to_numpy(np.int64)
+    runs = _window_runs(video, start)[:-1]
+    if not len(runs):
+        return
+    key = pd.Series(video[runs]).astype(str) + '@' + pd.Series(start[runs]).astype(str)
+    again = key.duplicated(keep='first').to_numpy()
+    # a repeat right after the same window is a consecutive repeat, already one run
+    if again.any():
+        j = int(np.flatnonzero(again)[0])
+        first = int(runs[int(np.flatnonzero((key == key.iloc[j]).to_numpy())[0])])
+        thumos14.warn(f'{path}:{runs[j] + 2}: video_name, start: window ({video[runs[j]]}, {start[runs[j]]}) appears '
+                      f'again, apart from its rows from line {first + 2} ({int(again.sum())} such repeats); '
+                      f'check that the file is not two predictions files concatenated')
 
 
 def write_predictions(path, pred):
@@ -117,9 +172,16 @@ def write_predictions(path, pred):
     # which is about 3x faster: 714k rows take seconds instead of most of a minute.
     heads = [f'{video},{start},' for video, start in zip(df['video_name'].tolist(), df['start'].tolist())]
     values = df[PRED_COLUMNS[2:]].to_numpy(np.float64).tolist()
+    header = ','.join(PRED_COLUMNS)
+    if ANCHOR_COLUMN in df.columns:
+        # The anchor index goes last, so the method.md §2 columns stay byte for byte as they are.
+        header += ',' + ANCHOR_COLUMN
+        tails = [f',{int(a)}\n' for a in df[ANCHOR_COLUMN].tolist()]
+    else:
+        tails = ['\n'] * len(heads)
     with atomic_open(path) as f:
-        f.write(','.join(PRED_COLUMNS) + '\n')
-        f.writelines(head + ','.join(map(repr, row)) + '\n' for head, row in zip(heads, values))
+        f.write(header + '\n')
+        f.writelines(head + ','.join(map(repr, row)) + tail for head, row, tail in zip(heads, values, tails))
 
 
 # ----------------------------------------------------------------------------- fps
@@ -321,9 +383,12 @@ def weighted_average(t, s, w):
 def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
     """method.md §11: weighted average of two aligned predictions tables (DataFrames).
 
-    Rows must describe the same windows in the same order; otherwise ValueError naming
-    the first row (and file line) that differs. Returns the fused DataFrame, unfiltered:
-    post_process(..., fused=True) applies the fused filter.
+    Rows must describe the same windows in the same order, and the same anchors of each
+    window in the same order; otherwise ValueError naming the first row (and file line)
+    that differs. The anchor order is checked with the `anchor` column when both tables
+    have one; without it only the number of rows of each window can be checked, and a
+    warning says so. Returns the fused DataFrame, unfiltered: post_process(..., fused=True)
+    applies the fused filter.
     """
     if len(temporal) != len(spatial):
         raise ValueError(f'{names[0]} has {len(temporal)} prediction rows, {names[1]} has {len(spatial)}: '
@@ -339,10 +404,58 @@ def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
                          f'{tv[i]} start {ts[i]}, {names[1]} has {sv[i]} start {ss[i]}; '
                          f'both streams must be predicted over the same window list')
     cols = ['conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+    t_values = temporal[cols].to_numpy(np.float64)
+    s_values = spatial[cols].to_numpy(np.float64)
+    for name, values in zip(names, (t_values, s_values)):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i, j = (int(k[0]) for k in np.nonzero(bad))
+            raise ValueError(f'{name}:{i + 2}: {cols[j]}: {values[i, j]} is not a finite number (row {i}); '
+                             f'the fused row would be {values[i, j]} too: fix or regenerate that stream')
+    has_anchor = [ANCHOR_COLUMN in df.columns for df in (temporal, spatial)]
     fused = pd.DataFrame({'video_name': tv, 'start': ts})
-    mixed = weighted_average(temporal[cols].to_numpy(np.float64), spatial[cols].to_numpy(np.float64),
-                             cfg.fuse_temporal_weight)
-    return pd.concat([fused, pd.DataFrame(mixed, columns=cols)], axis=1)
+    if all(has_anchor):
+        ta = np.asarray(temporal[ANCHOR_COLUMN], np.int64)
+        sa = np.asarray(spatial[ANCHOR_COLUMN], np.int64)
+        differ = ta != sa
+        if differ.any():
+            i = int(np.flatnonzero(differ)[0])
+            raise ValueError(f'{names[1]}:{i + 2}: anchor: {sa[i]}, but {names[0]}:{i + 2} has anchor {ta[i]} '
+                             f'(row {i}, window {tv[i]} start {ts[i]}; {int(differ.sum())} rows differ): the anchors '
+                             f'of a window are not in the same order in both streams; write both predictions files '
+                             f'with test.py, unsorted and unfiltered')
+        fused[ANCHOR_COLUMN] = ta
+    else:
+        _check_window_sizes(tv, ts, names)
+        lacking = ' and '.join(n for n, h in zip(names, has_anchor) if not h)
+        thumos14.warn(f'{lacking}: no anchor column: cannot verify that both streams list the anchors of each '
+                      f'window in the same order (only their windows and row counts were checked); '
+                      f'write the predictions with a test.py that adds it', stacklevel=3)
+    mixed = weighted_average(t_values, s_values, cfg.fuse_temporal_weight)
+    out = pd.concat([fused[['video_name', 'start']], pd.DataFrame(mixed, columns=cols)], axis=1)
+    if ANCHOR_COLUMN in fused.columns:
+        out[ANCHOR_COLUMN] = fused[ANCHOR_COLUMN].to_numpy()
+    return out
+
+
+def _check_window_sizes(video, start, names):
+    """Without anchor ids, every window must hold the same number A of rows (test.py writes
+    one row per anchor); a window listed k times in a row holds k * A. Otherwise rows were
+    dropped or added, and rows cannot be paired anchor by anchor."""
+    runs = _window_runs(video, start)
+    if len(runs) < 2:
+        return
+    size = np.diff(runs)
+    values, counts = np.unique(size, return_counts=True)
+    a = int(values[np.argmax(counts)])   # the most common count: one row per anchor
+    bad = size % a != 0
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        i = int(runs[k])
+        raise ValueError(f'{names[0]}:{i + 2}: video_name, start: window ({video[i]}, {start[i]}) has {size[k]} rows, '
+                         f'where most windows have {a} ({int(bad.sum())} windows differ, the same in both streams): '
+                         f'rows were dropped or added, so the anchors cannot be paired; '
+                         f'fuse unfiltered predictions files as test.py writes them')
 
 
 # ----------------------------------------------------------------------------- files

@@ -70,6 +70,7 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
                                     p['xmax'][..., None]], -1).float())
     model.train(was_training)
     out = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 0, cfg.num_classes + 3), np.float32)
+    check_finite_predictions(out, starts, videos, features)
     w, a = out.shape[:2]
     k = cfg.num_classes
     size = np.float32(cfg.window_size)
@@ -79,7 +80,22 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
     return postprocess.predictions_frame(dict(
         video_name=np.repeat(videos, a), start=np.repeat(starts, a),
         conf=out[..., k].reshape(-1).astype(np.float64), xmin=xmin.reshape(-1), xmax=xmax.reshape(-1),
-        scores=out[..., :k].reshape(w * a, k).astype(np.float64)))
+        scores=out[..., :k].reshape(w * a, k).astype(np.float64)), anchors_per_window=a)
+
+
+def check_finite_predictions(out, starts, videos, features):
+    """ValueError naming the first window whose outputs hold NaN or inf. Post-processing would
+    drop such anchors without a word (NaN fails every threshold), so a broken model or feature
+    file would give a quietly empty or thinner result."""
+    bad = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(1)) if out.size else []
+    if len(bad):
+        i = int(bad[0])
+        window = features[i] if not torch.is_tensor(features) else features[i].cpu().numpy()
+        cause = ('its features hold NaN or inf' if not np.isfinite(np.asarray(window, np.float64)).all()
+                 else 'its features are finite, so the model is at fault')
+        raise ValueError(f'window {i} ({videos[i]}, start frame {starts[i]}): the predictions are not finite '
+                         f'({cause}); {len(bad)} of {len(out)} windows are affected. Check the features '
+                         f'and the checkpoint; no output was written')
 
 
 def load_windows_and_features(cfg, features=None, windows=None):
@@ -111,6 +127,7 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     Every check (checkpoint, method, feature width, data, output folder) happens before
     anything is written; both outputs are written atomically.
     """
+    C.check_config(cfg)
     predict_path = predict_path or C.get_predict_result_path(cfg)
     result_path = result_path or C.get_result_path(cfg)
     for path in (predict_path, result_path):
@@ -132,10 +149,30 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     pred = predict_windows(model, feats, data['starts'], data['videos'], cfg)
     log(f'predicted {len(pred):,} anchors in {time.time() - t0:.1f} s')
     det = postprocess.post_process(pred, cfg, fps_of)
-    postprocess.write_predictions(predict_path, pred)
-    thumos14.write_results(result_path, det)
+    write_outputs(predict_path, pred, result_path, det)
     log(f'wrote {predict_path} and {result_path} ({len(det):,} detections)')
     return pred, det
+
+
+def write_outputs(predict_path, pred, result_path, det):
+    """Predictions CSV, then the result file derived from it, so that a reader never finds a
+    pair from two different runs: the old result goes first. Each file is written atomically,
+    so a failure (disk full between the two) leaves the new predictions without a result or
+    the old predictions without one, never a result that belongs to other predictions."""
+    try:
+        if os.path.lexists(result_path):
+            os.remove(result_path)
+    except OSError as err:
+        raise ValueError(f'cannot replace {result_path}: {err.strerror or err}') from None
+    try:
+        postprocess.write_predictions(predict_path, pred)
+    except ValueError as err:
+        raise ValueError(f'{err}; the old {result_path} was removed, as it would not match') from None
+    try:
+        thumos14.write_results(result_path, det)
+    except ValueError as err:
+        raise ValueError(f'{err}; {predict_path} holds this run\'s predictions: rerun with '
+                         f'--predictions {predict_path} to write the result') from None
 
 
 def main(argv=None):

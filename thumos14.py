@@ -61,6 +61,7 @@ def video_fps(fps_file=''):
         return table
     if not os.path.isfile(fps_file):
         raise ValueError(f'{fps_file}: fps file not found')
+    check_text_file(fps_file, 'fps file', 'a CSV "video,fps"')
     try:
         df = pd.read_csv(fps_file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -92,8 +93,36 @@ def feature_folder(root, split, mode, pretrain):
 
 # --- whitespace-separated text (result files and the kit's annotation files) ---
 
-class EvalWarning(UserWarning):
+class InputWarning(UserWarning):
+    """Legal but suspicious input data (a predictions file, a window list, annotations, ...)."""
+
+
+class EvalWarning(InputWarning):
     """Legal but suspicious evaluation input (no detections, unknown classes, ...)."""
+
+
+def warn(message, category=InputWarning, stacklevel=3):
+    """warnings.warn for suspicious input: the message should name the file and line."""
+    warnings.warn(message, category, stacklevel=stacklevel)
+
+
+def format_warning(message, *args, **kwargs):
+    """A script's warnings as one `warning: ...` line (set as warnings.formatwarning in main())."""
+    return f'warning: {message}\n'
+
+
+def check_text_file(path, what, expected):
+    """ValueError naming `path` when its start shows it is not UTF-8 text: NUL bytes (a binary,
+    UTF-16 or UTF-32 file) or a UTF-16/32 byte-order mark. Reads only the first 64 KiB."""
+    with open(path, 'rb') as f:
+        head = f.read(1 << 16)
+    bom = next((name for mark, name in ((b'\xff\xfe', 'UTF-16/32 LE'), (b'\xfe\xff', 'UTF-16 BE'),
+                                        (b'\x00\x00\xfe\xff', 'UTF-32 BE')) if head.startswith(mark)), None)
+    nul = head.find(b'\0')
+    if bom or nul >= 0:
+        found = f'a {bom} byte-order mark' if bom else f'a NUL byte at byte {nul}'
+        raise ValueError(f'{path}: not a text file ({found}: binary, or UTF-16/32 text); the {what} must be '
+                         f'plain UTF-8 (or ASCII) text: {expected}')
 
 
 def read_fields(path, ncols, what, numeric=()):
@@ -105,6 +134,7 @@ def read_fields(path, ncols, what, numeric=()):
     """
     if not os.path.isfile(path):
         raise ValueError(f'{what} not found: {path}')
+    check_text_file(path, what, f'{ncols} whitespace-separated fields per line')
     try:
         return _read_fields(path, ncols, numeric)
     except UnicodeDecodeError as err:

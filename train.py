@@ -283,20 +283,27 @@ def start_outputs(cfg, ckpt, fresh):
     """Rank 0, holding the run folder's lock: clear what a fresh start replaces and what a killed
     run left behind, save the config, and cut the log back to the resumed epoch."""
     run_dir, log_path = config.get_models_dir(cfg), config.get_log_path(cfg)
-    if fresh:
-        for _, path in checkpoints.list_checkpoints(run_dir):
-            os.remove(path)
-    fileio.remove_stale_temporaries(run_dir)
-    with fileio.atomic_open(os.path.join(run_dir, 'config.json')) as f:
-        json.dump(cfg.to_dict(), f, indent=1)
-    os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
-    # logs/ is shared by every run: only this run's own leftovers go
-    fileio.remove_stale_temporaries(os.path.dirname(log_path) or '.', os.path.basename(log_path))
-    if ckpt:
-        keep_log_lines(log_path, ckpt['epoch'])
-    else:
-        with fileio.atomic_open(log_path):
-            pass
+    path = run_dir
+    try:
+        if fresh:
+            for _, path in checkpoints.list_checkpoints(run_dir):
+                os.remove(path)
+        path = run_dir
+        for name in fileio.remove_stale_temporaries(run_dir):
+            print(f'note: removed {os.path.join(run_dir, name)}, left by a run that was killed while writing it')
+        with fileio.atomic_open(os.path.join(run_dir, 'config.json')) as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+        path = log_path
+        os.makedirs(os.path.dirname(log_path) or '.', exist_ok=True)
+        # logs/ is shared by every run: only this run's own leftovers go
+        fileio.remove_stale_temporaries(os.path.dirname(log_path) or '.', os.path.basename(log_path))
+        if ckpt:
+            keep_log_lines(log_path, ckpt['epoch'])
+        else:
+            with fileio.atomic_open(log_path):
+                pass
+    except OSError as err:
+        raise ValueError(f'cannot prepare {path}: {fileio.describe(err)}') from None
 
 
 def make_optimizer(model, cfg, ckpt, use_graph, device):
@@ -398,10 +405,16 @@ def train(cfg, fresh=False, data=None, progress=True):
     gt_box, gt_valid); read from cfg's paths when None. Raises ValueError on bad data or a
     checkpoint that does not fit, and when another process trains the same run.
     """
+    config.check_config(cfg)
     device, rank, world, started = setup_device(cfg)
     try:
         if rank != 0:
             return _train(cfg, fresh, data, progress, device, rank, world)
+        # A read-only or missing models/ or logs/ fails now, not after the first epoch.
+        run_dir = config.get_models_dir(cfg)
+        for path in (os.path.join(run_dir, 'config.json'), checkpoints.checkpoint_path(run_dir, 0),
+                     config.get_log_path(cfg)):
+            fileio.check_writable(path)
         # One training per run folder: a second one is refused instead of mixing two runs.
         with fileio.folder_lock(config.get_models_dir(cfg), 'training run'):
             return _train(cfg, fresh, data, progress, device, rank, world)
@@ -441,7 +454,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
     # eager step is bound by the host issuing about a thousand small kernels, not by the GPU.
     use_graph = cfg.cuda_graph and device.type == 'cuda' and world == 1 and not cfg.compile
     if ckpt:
-        raw_model.load_state_dict(ckpt['model'])
+        checkpoints.load_state(raw_model, ckpt['model'], ckpt_path)  # names a NaN or misshapen parameter
     optimizer = make_optimizer(raw_model, cfg, ckpt, use_graph, device)
     if ckpt:
         set_rng_state(ckpt['rng'], generator)

@@ -3,26 +3,25 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import convert_tf_checkpoint as convert
 import operations as ops
-from config import Config
-import checkpoints
 
 torch.set_num_threads(2)
 SMALL_D = 16
 
 
-def tf_layout_arrays(method, dim, seed=0):
+def tf_layout_arrays(cfg, dim, seed=0):
     with torch.device('meta'):
-        model = checkpoints.build_model(Config(method=method), dim)
+        model = checkpoints.build_model(cfg, dim)
     rng = np.random.RandomState(seed)
     return {key: rng.standard_normal(shape).astype(np.float32) * 0.05 for key, shape, _ in checkpoints.tf_variables(model)}
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, make_config):
     folder = tmp_path_factory.mktemp('convert')
-    arrays = tf_layout_arrays('main_stream', SMALL_D)
+    arrays = tf_layout_arrays(make_config(method='main_stream'), SMALL_D)
     src = folder / 'model-ep-30.npz'
     np.savez(src, global_step=np.array(1234), **arrays)
     out = folder / 'out.pt'
@@ -30,9 +29,10 @@ def converted(tmp_path_factory):
     return arrays, src, out
 
 
-def test_round_trip(converted):
+def test_round_trip(converted, make_config):
     arrays, _, out = converted
-    model, ckpt = checkpoints.load_model(out, Config(method='main_stream', mode='spatial'), 'cpu', feature_dim=SMALL_D)
+    model, ckpt = checkpoints.load_model(out, make_config(method='main_stream', mode='spatial'), 'cpu',
+                                         feature_dim=SMALL_D)
     assert ckpt['method'] == 'main_stream' and ckpt['feature_dim'] == SMALL_D and ckpt['epoch'] == 30
     assert ckpt['config']['mode'] == 'spatial'
     state = model.state_dict()
@@ -102,17 +102,17 @@ def test_bad_npz_errors_name_the_variable(converted, tmp_path):
     assert not list(tmp_path.glob('*.pt'))
 
 
-def test_load_model_errors(converted, tmp_path):
+def test_load_model_errors(converted, tmp_path, make_config):
     _, _, out = converted
-    cfg = Config(method='main_stream')
+    cfg = make_config(method='main_stream')
     with pytest.raises(ValueError, match='not found'):
         checkpoints.load_model(tmp_path / 'missing.pt', cfg)
     with pytest.raises(ValueError, match='holds a main_stream model, but method is decouple_ssad'):
-        checkpoints.load_model(out, Config(method='decouple_ssad'))
+        checkpoints.load_model(out, make_config(method='decouple_ssad'))
     with pytest.raises(ValueError, match=f'expects features of dimension {SMALL_D}.*dimension 1024'):
         checkpoints.load_model(out, cfg, feature_dim=1024)
     with pytest.raises(ValueError, match='anchor settings: scale'):
-        checkpoints.load_model(out, Config(method='main_stream', scale=(1 / 8, 1 / 8, 1 / 4)))
+        checkpoints.load_model(out, make_config(method='main_stream', scale=(1 / 8, 1 / 8, 1 / 4)))
     ckpt = torch.load(out, weights_only=True)
     ckpt['model']['base_feature_network.conv1d.weight'] = torch.zeros(512, SMALL_D + 1, 9)
     torch.save(ckpt, tmp_path / 'bad.pt')

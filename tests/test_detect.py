@@ -8,11 +8,11 @@ import torch
 
 cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
 
+from checkpoints import build_model  # noqa: E402
 import config as C  # noqa: E402
+from data import extract_features as ef  # noqa: E402
 import detect  # noqa: E402
 import postprocess  # noqa: E402
-from data import extract_features as ef  # noqa: E402
-from checkpoints import build_model  # noqa: E402
 import thumos14  # noqa: E402
 
 torch.set_num_threads(2)
@@ -31,11 +31,10 @@ def write_video(path, n=150, fps=30):
     return str(path)
 
 
-def save_checkpoint(path, mode, method='main_stream', feature_dim=DIM, seed=0):
-    cfg = C.Config(mode=mode, method=method, pretrain='tiny', seed=seed)
-    torch.manual_seed(seed)
+def save_checkpoint(path, cfg, feature_dim=DIM):
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg, feature_dim)
-    torch.save({'model': model.state_dict(), 'method': method, 'feature_dim': feature_dim,
+    torch.save({'model': model.state_dict(), 'method': cfg.method, 'feature_dim': feature_dim,
                 'config': cfg.to_dict(), 'epoch': 1}, path)
     return str(path)
 
@@ -50,19 +49,20 @@ def video(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, make_config):
     folder = tmp_path_factory.mktemp('ckpt')
-    return (save_checkpoint(folder / 't.pt', 'temporal', 'main_stream', seed=1),
-            save_checkpoint(folder / 's.pt', 'spatial', 'decouple_ssad', seed=2))
+    temporal = make_config(mode='temporal', method='main_stream', pretrain='tiny', seed=1)
+    spatial = make_config(mode='spatial', method='decouple_ssad', pretrain='tiny', seed=2)
+    return save_checkpoint(folder / 't.pt', temporal), save_checkpoint(folder / 's.pt', spatial)
 
 
-def test_two_streams_end_to_end(video, checkpoints, tmp_path):
+def test_two_streams_end_to_end(video, checkpoints, tmp_path, make_config):
     t_ckpt, s_ckpt = checkpoints
     out = tmp_path / 'out'
     # Keep every candidate, so the random models give detections to check.
     assert run([video, '--checkpoint', t_ckpt, '--checkpoint-spatial', s_ckpt, '--out', out,
-                '--filter_conf_threshold=-1e9', '--filter_neg_threshold=1.01',
-                '--filter_neg_threshold_fuse=1.01']) == 0
+                '--filter_conf_threshold=-1e9', '--filter_neg_threshold=1.0',
+                '--filter_neg_threshold_fuse=1.0']) == 0
 
     info = pd.read_csv(out / 'features' / 'detect' / 'video_info.csv')
     assert info.video.tolist() == ['my_clip'] and info.frame_num[0] == 150 and info.steps[0] == 150 // 4
@@ -84,7 +84,7 @@ def test_two_streams_end_to_end(video, checkpoints, tmp_path):
     # The result file holds the same detections, and they are the fusion of the two prediction files.
     txt = thumos14.read_results(out / 'detections.txt')
     assert len(txt) == len(dets)
-    cfg = C.Config(filter_conf_threshold=-1e9, filter_neg_threshold=1.01, filter_neg_threshold_fuse=1.01)
+    cfg = make_config(filter_conf_threshold=-1e9, filter_neg_threshold=1.0, filter_neg_threshold_fuse=1.0)
     ref = postprocess.post_process(postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg),
                                    cfg, {'my_clip': 30.0}, fused=True)
     ref = ref[ref.start < 5.0].assign(end=ref.end.clip(upper=5.0))
@@ -112,9 +112,9 @@ def test_single_stream_reuses_features(video, checkpoints, tmp_path, capsys):
     assert 'already extracted' in capsys.readouterr().out
 
 
-def test_clear_errors(video, checkpoints, tmp_path):
+def test_clear_errors(video, checkpoints, tmp_path, make_config):
     wide = tmp_path / 'wide.pt'   # only the header matters: the width is checked before the model is built
-    torch.save({'model': {}, 'method': 'main_stream', 'feature_dim': 2048, 'config': C.Config().to_dict()}, wide)
+    torch.save({'model': {}, 'method': 'main_stream', 'feature_dim': 2048, 'config': make_config().to_dict()}, wide)
     with pytest.raises(SystemExit, match=r'dimension 2048, but backbone .tiny. has dimension 64'):
         run([video, '--checkpoint', wide, '--out', tmp_path / 'o'])
     spatial = checkpoints[1]

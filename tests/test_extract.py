@@ -9,7 +9,6 @@ import torch
 
 cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
 
-from config import Config  # noqa: E402
 import load_data  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 import thumos14  # noqa: E402
@@ -60,7 +59,7 @@ def videos(tmp_path):
     return folder, lengths
 
 
-def test_one_step_per_four_frames_and_table(videos, tmp_path):
+def test_one_step_per_four_frames_and_table(videos, tmp_path, make_config):
     folder, lengths = videos
     out = tmp_path / 'feat'
     assert run([folder, '--split', 'test', '--out', out]) == 0
@@ -77,7 +76,7 @@ def test_one_step_per_four_frames_and_table(videos, tmp_path):
             if n // 4 > 1:
                 assert np.ptp(a, axis=0).max() > 0   # the box moves, so the steps differ
     # The table is a valid fps file and the loader slices the method.md §3 test windows from these files.
-    cfg = Config(feature_path=str(out), pretrain='tiny', fps_file=str(out / 'test' / 'video_info.csv'))
+    cfg = make_config(feature_path=str(out), pretrain='tiny', fps_file=str(out / 'test' / 'video_info.csv'))
     assert thumos14.video_fps(cfg.fps_file)['clip_b'] == pytest.approx(25.0)
     anno = pd.DataFrame({'video': info.index, 'frame_num': info.frame_num.to_numpy()})
     starts, vids = load_data.make_windows(anno, 'test', cfg)

@@ -1,6 +1,4 @@
 """Two-stream fusion (method.md §11): alignment check, weights, fused filter, fuse.py."""
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,25 +34,25 @@ def test_weights_default_is_release_two_thirds():
 
 
 @pytest.mark.parametrize('w', [0.5, 0.9, 0.123456789])
-def test_weights_follow_config(w):
+def test_weights_follow_config(w, make_config):
     t, s = stream(0), stream(1)
-    cfg = dataclasses.replace(C.Config(), fuse_temporal_weight=w)
+    cfg = make_config(fuse_temporal_weight=w)
     fused = P.fuse_predictions(t, s, cfg)
     np.testing.assert_allclose(fused['score_3'], w * t['score_3'] + (1 - w) * s['score_3'], rtol=1e-12)
     np.testing.assert_allclose(fused['xmax'], w * t['xmax'] + (1 - w) * s['xmax'], rtol=1e-12)
 
 
-def test_misaligned_rows_refused_naming_first_row():
+def test_misaligned_rows_refused_naming_first_row(make_config):
     t, s = stream(0), stream(1)
     s.loc[17, 'start'] = 512
     s.loc[40, 'video_name'] = 'video_test_0000099'
     with pytest.raises(ValueError, match=r'row 17 \(line 19\).*start 0.*start 512'):
-        P.fuse_predictions(t, s, C.Config(), names=('t.csv', 's.csv'))
+        P.fuse_predictions(t, s, make_config(), names=('t.csv', 's.csv'))
     with pytest.raises(ValueError, match='280 prediction rows.*279'):
-        P.fuse_predictions(t, s.iloc[:-1], C.Config())
+        P.fuse_predictions(t, s.iloc[:-1], make_config())
 
 
-def test_fused_filter_and_then_single_stream_filters():
+def test_fused_filter_and_then_single_stream_filters(make_config):
     t, s = stream(0), stream(1)
     cfg = C.Config()
     fused = P.fuse_predictions(t, s, cfg)
@@ -64,28 +62,29 @@ def test_fused_filter_and_then_single_stream_filters():
     assert len(got) > 0 and thumos14.format_results(got) == thumos14.format_results(base)
     # A tighter fused threshold drops more rows.
     cut = float(np.median(fused.score_0))
-    strict = dataclasses.replace(cfg, filter_neg_threshold_fuse=cut)
+    strict = make_config(filter_neg_threshold_fuse=cut)
     got = P.post_process(fused, strict, fused=True, fps_of=FPS)
     assert thumos14.format_results(got) == thumos14.format_results(P.post_process(fused[fused.score_0 < cut], cfg, fps_of=FPS))
     assert 0 < len(got) < len(base)
 
 
-def test_fuse_files_and_cli(tmp_path):
+def test_fuse_files_and_cli(tmp_path, make_config):
     t, s = stream(0), stream(1)
     P.write_predictions(str(tmp_path / 't.csv'), t)
     P.write_predictions(str(tmp_path / 's.csv'), s)
     out = tmp_path / 'fused.txt'
     fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'), '--out', str(out)])
-    expected = P.post_process(P.fuse_predictions(t, s, C.Config()), C.Config(), fused=True, fps_of=FPS)
+    cfg = make_config()
+    expected = P.post_process(P.fuse_predictions(t, s, cfg), cfg, fused=True, fps_of=FPS)
     assert out.read_text() == thumos14.format_results(expected)
 
 
-def test_cli_default_paths_and_overrides(tmp_path, monkeypatch):
+def test_cli_default_paths_and_overrides(tmp_path, monkeypatch, make_config):
     monkeypatch.chdir(tmp_path)
     P.write_predictions('results/predict_temporal_X_main_stream.csv', stream(0))
     P.write_predictions('results/predict_spatial_X_main_stream.csv', stream(1))
     fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--fuse_temporal_weight=0.5'])
-    cfg = dataclasses.replace(C.Config(), fuse_temporal_weight=0.5)
+    cfg = make_config(fuse_temporal_weight=0.5)
     expected = P.post_process(P.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True, fps_of=FPS)
     assert (tmp_path / 'results' / 'result_fuse_X_main_stream.txt').read_text() == thumos14.format_results(expected)
     with pytest.raises(SystemExit, match='spatial-stream predictions .*not found'):

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import load_data
-import thumos14
 from config import Config
 from data.pack_features import pack
+import load_data
+import thumos14
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,8 +178,8 @@ def test_gt_npz_round_trip_pad_and_errors(tmp_path):
         load_data.load_gt(tmp_path / 'bad2.npz')
 
 
-def test_train_gt_must_match_window_list(tmp_path):
-    cfg = Config(data_dir=str(tmp_path))
+def test_train_gt_must_match_window_list(tmp_path, make_config):
+    cfg = make_config(data_dir=str(tmp_path))
     (tmp_path / 'val').mkdir()
     load_data.save_gt(tmp_path / 'val/gt.npz', small_gt())
     load_data.write_window_info(tmp_path / 'val/window_info.log', [0, 128, 384], ['a', 'a', 'b'])
@@ -238,7 +238,7 @@ def make_feature_sets(root, rng, dim=8):
     return starts, videos, vid_dir, win_dir
 
 
-def test_three_layouts_give_the_same_windows(tmp_path):
+def test_three_layouts_give_the_same_windows(tmp_path, make_config):
     cfg = Config()
     starts, videos, vid_dir, win_dir = make_feature_sets(tmp_path, np.random.default_rng(0))
     by_window = load_data.load_features(cfg, 'test', starts, videos, folder=str(win_dir))
@@ -252,7 +252,7 @@ def test_three_layouts_give_the_same_windows(tmp_path):
         (packed_dir / f.name).write_bytes(f.read_bytes())
     out, shape = pack(str(packed_dir), dtype='float16')
     assert shape == (4, 128, 8) and load_data.feature_layout(str(packed_dir)) == 'packed'
-    cfg16 = Config(feature_dtype='float16')
+    cfg16 = make_config(feature_dtype='float16')
     by_packed = load_data.load_features(cfg16, 'test', starts, videos, folder=str(packed_dir))
     assert by_packed.dtype == np.float16
     np.testing.assert_array_equal(by_packed, by_window.astype(np.float16))
@@ -298,7 +298,7 @@ def test_feature_errors_name_the_file(tmp_path):
 
 # --- batches ---
 
-def test_epoch_batches_cover_every_window_and_reshuffle():
+def test_epoch_batches_cover_every_window_and_reshuffle(make_config):
     cfg = Config()
     n = 203
     epochs = [load_data.epoch_batches(n, cfg, e) for e in range(3)]
@@ -309,15 +309,15 @@ def test_epoch_batches_cover_every_window_and_reshuffle():
     assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
     again = load_data.epoch_batches(n, cfg, 1)                               # deterministic
     assert all(np.array_equal(a, b) for a, b in zip(again, epochs[1]))
-    other_seed = load_data.epoch_batches(n, Config(seed=7), 1)
+    other_seed = load_data.epoch_batches(n, make_config(seed=7), 1)
     assert not np.array_equal(np.concatenate(other_seed), np.concatenate(epochs[1]))
-    fixed = Config(reshuffle_each_epoch=False)
+    fixed = make_config(reshuffle_each_epoch=False)
     assert np.array_equal(np.concatenate(load_data.epoch_batches(n, fixed, 0)),
                           np.concatenate(load_data.epoch_batches(n, fixed, 5)))
 
 
-def test_released_and_small_batching():
-    cfg = Config(released_batching=True, reshuffle_each_epoch=False)
+def test_released_and_small_batching(make_config):
+    cfg = make_config(released_batching=True, reshuffle_each_epoch=False)
     b = load_data.epoch_batches(100, cfg, 0)                 # 4 left over: dropped
     assert [len(x) for x in b] == [48, 48] and len(np.unique(np.concatenate(b))) == 96
     b = load_data.epoch_batches(103, cfg, 0)                 # 7 left over: one more batch of the last 48
@@ -325,7 +325,7 @@ def test_released_and_small_batching():
     assert [len(x) for x in b] == [48, 48, 48]
     assert np.array_equal(b[2][:41], order[55:])             # the last 48 of the shuffled order
     assert set(b[2][41:].tolist()) == set(range(103)) - set(order.tolist())
-    small = load_data.epoch_batches(500, Config(small_num_data_for_test=True), 3)
+    small = load_data.epoch_batches(500, make_config(small_num_data_for_test=True), 3)
     assert len(small) == 1 and sorted(small[0].tolist()) == list(range(48))
 
 

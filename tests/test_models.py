@@ -4,23 +4,24 @@ import json
 import pytest
 import torch
 
-import operations as ops
-from config import Config
 import checkpoints
+from config import Config
+from conftest import NARROW
+import operations as ops
 
 torch.set_num_threads(2)
 SMALL_D = 16   # feature dimension of the small models (anchor layers are 1024 wide whatever D)
 
 
 @pytest.fixture(scope='module')
-def decouple():
+def decouple(make_config):
     torch.manual_seed(0)
-    return checkpoints.build_model(Config(method='decouple_ssad'), SMALL_D)
+    return checkpoints.build_model(make_config(method='decouple_ssad'), SMALL_D)
 
 
 @pytest.fixture(scope='module')
-def main_stream():
-    return checkpoints.build_model(Config(method='main_stream'), SMALL_D)
+def main_stream(make_config):
+    return checkpoints.build_model(make_config(method='main_stream'), SMALL_D)
 
 
 @pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
@@ -41,7 +42,7 @@ def test_parameter_counts_of_the_paper():
         assert sum(p.numel() for p in model.parameters()) == count
 
 
-def test_output_shapes(main_stream, decouple):
+def test_output_shapes(main_stream, decouple, make_config):
     x = torch.randn(2, 128, SMALL_D)
     with torch.no_grad():
         assert {k: tuple(v.shape) for k, v in main_stream(x).items()} == {'main': (2, 140, 24)}
@@ -49,7 +50,7 @@ def test_output_shapes(main_stream, decouple):
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         'main': (2, 140, 24), 'loc_branch': (2, 140, 4), 'cls_branch': (2, 140, 24),
         'localization': (2, 140, 4), 'classification': (2, 140, 24)}
-    pred = ops.predict(out, Config(method='decouple_ssad'))
+    pred = ops.predict(out, make_config(method='decouple_ssad'))
     assert {k: tuple(v.shape) for k, v in pred.items()} == {
         'class_prob': (2, 140, 21), 'conf': (2, 140), 'xmin': (2, 140), 'xmax': (2, 140)}
     torch.testing.assert_close(pred['class_prob'].sum(-1), torch.ones(2, 140))
@@ -99,15 +100,15 @@ def test_identical_kernel_initialisation(decouple):
     assert all((p == 0).all() for n, p in decouple.named_parameters() if n.endswith('bias'))
 
 
-def test_independent_kernel_initialisation():
-    model = checkpoints.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D)
+def test_independent_kernel_initialisation(make_config):
+    model = checkpoints.build_model(make_config(method='main_stream', identical_kernel_init=False), SMALL_D)
     k = kernels(model)
     assert not torch.equal(k['main_anchor_layer.conv1d_1'], k['main_anchor_layer.conv1d_2'])
     assert not torch.equal(k['mulClsReg_predict_layerAL1mainStream.conv1d'],
                            k['mulClsReg_predict_layerAL2mainStream.conv1d'])
-    again = kernels(checkpoints.build_model(Config(method='main_stream', identical_kernel_init=False), SMALL_D))
+    again = kernels(checkpoints.build_model(make_config(method='main_stream', identical_kernel_init=False), SMALL_D))
     assert all(torch.equal(k[n], again[n]) for n in k)           # seeded
-    same = kernels(checkpoints.build_model(Config(method='main_stream'), SMALL_D))
+    same = kernels(checkpoints.build_model(make_config(method='main_stream'), SMALL_D))
     assert torch.equal(same['main_anchor_layer.conv1d_1'], same['main_anchor_layer.conv1d_2'])
 
 
@@ -126,8 +127,8 @@ def head_grads(model, name, per_box):
     return g.abs().view(5, per_box, -1).sum((0, 2))
 
 
-def test_zero_gradients_where_the_release_has_none(decouple):
-    cfg = Config(method='decouple_ssad')
+def test_zero_gradients_where_the_release_has_none(decouple, make_config):
+    cfg = make_config(method='decouple_ssad')
     decouple.zero_grad()
     out = decouple(torch.randn(2, 128, SMALL_D))
     label, box, valid = ground_truth(cfg)
@@ -149,8 +150,8 @@ def test_zero_gradients_where_the_release_has_none(decouple):
     decouple.zero_grad()
 
 
-def test_main_stream_gradients(main_stream):
-    cfg = Config(method='main_stream')
+def test_main_stream_gradients(main_stream, make_config):
+    cfg = make_config(method='main_stream')
     main_stream.zero_grad()
     label, box, valid = ground_truth(cfg)
     loss, terms = ops.compute_loss(main_stream(torch.randn(2, 128, SMALL_D)), label, box, valid, cfg)
@@ -161,10 +162,10 @@ def test_main_stream_gradients(main_stream):
     main_stream.zero_grad()
 
 
-def test_narrow_networks_for_quick_runs(tmp_path):
+def test_narrow_networks_for_quick_runs(tmp_path, make_config):
     # base_width / anchor_width shrink the network (the demo uses this); the output layout
     # stays that of the paper, and a checkpoint of one width is refused by a config of another.
-    cfg = Config(method='decouple_ssad', base_width=32, anchor_width=48)
+    cfg = make_config(method='decouple_ssad', base_width=32, anchor_width=48)
     model = checkpoints.build_model(cfg, SMALL_D)
     out = model(torch.randn(2, 128, SMALL_D))
     assert out['classification'].shape == (2, 140, 24) and out['localization'].shape == (2, 140, 4)
@@ -174,19 +175,19 @@ def test_narrow_networks_for_quick_runs(tmp_path):
                 'config': cfg.to_dict(), 'epoch': 0}, path)
     checkpoints.load_model(path, cfg)
     with pytest.raises(ValueError, match='anchor_width'):
-        checkpoints.load_model(path, Config(method='decouple_ssad', base_width=32))
+        checkpoints.load_model(path, make_config(method='decouple_ssad', base_width=32))
 
 
 @pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
 @pytest.mark.parametrize('switches', [dict(channels_last=True), dict(group_branches=True),
                                       dict(channels_last=True, group_branches=True)])
-def test_speed_switches_compute_the_same_numbers(method, switches):
+def test_speed_switches_compute_the_same_numbers(method, switches, make_config):
     """channels_last and group_branches change the kernels, not the function: outputs and
     gradients equal the default network's (float64, so that only rounding can differ)."""
     x = torch.randn(3, 128, SMALL_D, dtype=torch.float64)
     results = []
     for values in ({}, switches):
-        model = checkpoints.build_model(Config(method=method, base_width=24, anchor_width=40, **values), SMALL_D).double()
+        model = checkpoints.build_model(make_config(NARROW, method=method, **values), SMALL_D).double()
         outputs = model(x)
         sum((v * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype)).sum() for v in outputs.values()).backward()
         results.append((outputs, {name: p.grad for name, p in model.named_parameters()}))
@@ -197,9 +198,9 @@ def test_speed_switches_compute_the_same_numbers(method, switches):
         torch.testing.assert_close(grad1[key], grad0[key], rtol=1e-10, atol=1e-12)
 
 
-def test_channels_last_layout_flows_through_the_network():
+def test_channels_last_layout_flows_through_the_network(make_config):
     """With channels_last every anchor layer comes out channels-last (channels innermost):
     no layer pays for a layout change."""
-    model = checkpoints.build_model(Config(method='main_stream', base_width=24, anchor_width=40, channels_last=True), SMALL_D)
+    model = checkpoints.build_model(make_config(NARROW, method='main_stream', channels_last=True), SMALL_D)
     for layer in model.main_anchor_layers(torch.randn(2, 128, SMALL_D)):
         assert layer.stride(1) == 1 and layer.stride(2) == layer.shape[1]

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import operations as ops
-from config import Config
 import checkpoints
+from config import Config
+import operations as ops
 
 torch.set_num_threads(2)
 
@@ -184,14 +184,14 @@ def test_gradient_through_match_score_and_detach_switch():
 
 
 @pytest.mark.parametrize('positives', [True, False])
-def test_conf_loss_reaches_offsets_unless_detached(positives):
+def test_conf_loss_reaches_offsets_unless_detached(positives, make_config):
     label, box, valid = gt_case()
     if not positives:
         box = box * 0.01                                # tiny boxes: nothing matches above 0.5
     raw = (torch.randn(2, 140, 24) * 0.5).requires_grad_()
     grads = {}
     for detach in (False, True):
-        cfg = Config(method='main_stream', p_class=0.0, p_loc=0.0, detach_match_score=detach)
+        cfg = make_config(method='main_stream', p_class=0.0, p_loc=0.0, detach_match_score=detach)
         loss, terms = ops.compute_loss({'main': raw}, label, box, valid, cfg, torch.Generator().manual_seed(1))
         assert torch.isfinite(loss)
         raw.grad = None
@@ -277,9 +277,9 @@ def test_zero_positives_no_nan():
         assert float(value.detach()) == 0
 
 
-def test_compute_loss_without_ground_truth():
+def test_compute_loss_without_ground_truth(make_config):
     for method, keys in (('main_stream', ['main']), ('decouple_ssad', ['main', 'localization', 'classification'])):
-        cfg = Config(method=method)
+        cfg = make_config(method=method)
         outputs = {k: torch.randn(3, 140, 4 if k == 'localization' else 24, requires_grad=True) for k in keys}
         loss, terms = ops.compute_loss(outputs, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2, 2),
                                        torch.zeros(3, 2, dtype=torch.bool), cfg)
@@ -288,10 +288,10 @@ def test_compute_loss_without_ground_truth():
         assert all(torch.isfinite(o.grad).all() for o in outputs.values())
 
 
-def test_decouple_loss_combination():
+def test_decouple_loss_combination(make_config):
     """Decouple-SSAD terms: main and branch per method.md §7, built here from head_loss and match."""
     torch.manual_seed(2)
-    cfg = Config(method='decouple_ssad', negative_ratio=1e9)  # deterministic draw
+    cfg = make_config(method='decouple_ssad', negative_ratio=1e9)  # deterministic draw
     label, box, valid = gt_case()
     main, loc_out, cls_out = torch.randn(2, 140, 24), torch.randn(2, 140, 4), torch.randn(2, 140, 24)
     loc_out[..., 2:] = main[..., 22:] + 0.3          # localization and classification boxes differ
@@ -315,10 +315,10 @@ def test_decouple_loss_combination():
     torch.testing.assert_close(loss, terms['class'] + 10 * terms['loc'] + 10 * terms['conf'])
 
 
-def test_default_boxes_made_in_inference_mode_still_train():
+def test_default_boxes_made_in_inference_mode_still_train(make_config):
     # test.py predicts under inference_mode; a later training step in the same process
     # must still be able to back-propagate through the cached default boxes.
-    cfg = Config(num_anchors=(16, 8, 4), scale=(1 / 16, 1 / 8, 1 / 4), aspect_ratios=(0.5, 0.9, 1.7))
+    cfg = make_config(num_anchors=(16, 8, 4), scale=(1 / 16, 1 / 8, 1 / 4), aspect_ratios=(0.5, 0.9, 1.7))
     with torch.inference_mode():
         ops.default_boxes(cfg, 'cpu')
     raw = torch.zeros(2, (16 + 8 + 4) * 3, 24, requires_grad=True)
@@ -359,10 +359,10 @@ def test_cpu_upsampling_equals_conv_transpose(length):
 
 
 @pytest.mark.parametrize('method', ['main_stream', 'decouple_ssad'])
-def test_loss_noise_drawn_beforehand_gives_the_same_loss(method):
+def test_loss_noise_drawn_beforehand_gives_the_same_loss(method, make_config):
     """A training step draws the easy-negative noise before the step (CUDA graphs need that);
     the loss is the one compute_loss gets by drawing from the same generator itself."""
-    cfg = Config(method=method, negative_ratio=3.0)
+    cfg = make_config(method=method, negative_ratio=3.0)
     label, box, valid = gt_case()
     torch.manual_seed(0)
     names = ['main'] if method == 'main_stream' else ['main', 'localization', 'classification']

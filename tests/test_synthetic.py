@@ -8,19 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import build_config
+from data.make_synthetic import make_synthetic
 import load_data
 import thumos14
-from config import Config
 from thumos14 import CLASS_NAMES, CLASS_REAL
-from data.make_synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(dim=16)   # demo window counts (200 / 150), narrow features
 
 
 def cfg_for(root, **kw):
-    return Config(data_dir=str(root / 'thumos14'), feature_path=str(root / 'feature'),
-                  eval_gt_dir=str(root / 'thumos14/eval_annotation'), pretrain='synthetic', **kw)
+    return build_config(data_dir=str(root / 'thumos14'), feature_path=str(root / 'feature'),
+                        eval_gt_dir=str(root / 'thumos14/eval_annotation'), pretrain='synthetic', **kw)
 
 
 def digest(root):
@@ -34,9 +34,9 @@ def digest(root):
 
 
 @pytest.fixture(scope='module')
-def small(tmp_path_factory):
+def small(tmp_path_factory, make_config):
     root = tmp_path_factory.mktemp('synthetic')
-    info = make_synthetic(str(root), Config(), seed=3, **SMALL)
+    info = make_synthetic(str(root), make_config(), seed=3, **SMALL)
     return root, info
 
 
@@ -109,23 +109,23 @@ def test_loaders_read_it(small):
     assert load_data.load_test_data(small_cfg)['features'].shape[0] == 8
 
 
-def test_reproducible_by_seed_and_layouts_agree(small, tmp_path):
+def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
     root, _ = small
-    make_synthetic(str(tmp_path / 'again'), Config(), seed=3, **SMALL)
+    make_synthetic(str(tmp_path / 'again'), make_config(), seed=3, **SMALL)
     assert digest(root) == digest(tmp_path / 'again')
-    make_synthetic(str(tmp_path / 'other'), Config(), seed=4, **SMALL)
+    make_synthetic(str(tmp_path / 'other'), make_config(), seed=4, **SMALL)
     assert digest(root / 'thumos14') != digest(tmp_path / 'other/thumos14')
     # the same seed in the packed and per-video layouts gives the same window features
     cfg = cfg_for(root)
     ref = load_data.load_test_data(cfg)['features']
     for layout in ('packed', 'video'):
         out = tmp_path / layout
-        make_synthetic(str(out), Config(), seed=3, layout=layout, dtype='float32', **SMALL)
+        make_synthetic(str(out), make_config(), seed=3, layout=layout, dtype='float32', **SMALL)
         folder = out / 'feature/test/temporalDataXsynthetic'
         assert load_data.feature_layout(str(folder)) == layout
         np.testing.assert_allclose(load_data.load_test_data(cfg_for(out))['features'], ref, rtol=1e-6)
     # rewriting a folder replaces the dataset
-    make_synthetic(str(tmp_path / 'again'), Config(), seed=4, **SMALL)
+    make_synthetic(str(tmp_path / 'again'), make_config(), seed=4, **SMALL)
     assert digest(tmp_path / 'again/thumos14') == digest(tmp_path / 'other/thumos14')
 
 
@@ -135,7 +135,8 @@ def instance_means(root, split, mode):
     starts, videos = load_data.read_window_info(root / f'thumos14/{split}/window_info.log')
     feats = load_data.load_features(cfg, split, starts, videos)
     gt = load_data.make_gt(load_data.read_annotation(
-        root / f'thumos14/{split}/thumos14_{split}_annotation.csv'), starts, videos, Config(overlap_ratio_threshold=0.999))
+        root / f'thumos14/{split}/thumos14_{split}_annotation.csv'), starts, videos,
+        build_config(overlap_ratio_threshold=0.999))
     win = np.repeat(np.arange(len(starts)), np.diff(gt['offsets']))
     steps = np.arange(128)
     a, b = (gt['box'][:, 0] * 128).astype(int), np.ceil(gt['box'][:, 1] * 128).astype(int)

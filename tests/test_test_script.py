@@ -4,12 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-import config as C
+import checkpoints
 import load_data
 import operations
 import postprocess as P
 import test as T
-import checkpoints
 import thumos14
 
 FPS = thumos14.video_fps()
@@ -22,7 +21,7 @@ ARGS = ['--mode', 'temporal', '--pretrain', 'tiny', '--method', 'main_stream',
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, make_config):
     """data/test/window_info.log, per-window features and models/<run>/model-ep-{1,2}.pt."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp('run')
@@ -33,7 +32,7 @@ def workdir(tmp_path_factory):
     feats = rng.normal(size=(len(STARTS), 128, DIM)).astype(np.float32)
     for i, f in enumerate(feats):
         np.save(folder / f'{i}.npy', f)
-    cfg = C.Config(method='main_stream', mode='temporal', pretrain='tiny')
+    cfg = make_config(method='main_stream', mode='temporal', pretrain='tiny')
     torch.manual_seed(0)
     model = checkpoints.build_model(cfg, DIM)
     run = root / 'models' / 'temporal_tiny_main_stream'
@@ -51,7 +50,7 @@ def outputs(root):
 def test_predict_windows_every_window_once_spec9(workdir):
     cfg = workdir['cfg']
     pred = T.predict_windows(workdir['model'], workdir['feats'], STARTS, VIDEOS, cfg, batch_size=2)
-    assert list(pred.columns) == P.PRED_COLUMNS and len(pred) == len(STARTS) * 140
+    assert list(pred.columns) == P.PRED_COLUMNS + ['anchor'] and len(pred) == len(STARTS) * 140
     with torch.no_grad():
         p = operations.predict(workdir['model'](torch.as_tensor(workdir['feats'])), cfg)
     w = 3  # the third window (video_test_0001207, start 512), anchor by anchor
@@ -81,15 +80,15 @@ def test_end_to_end_cli(workdir, monkeypatch, capsys):
     assert out.read_text() == text
 
 
-def test_features_override_packed_file_and_windows(workdir, tmp_path, monkeypatch):
+def test_features_override_packed_file_and_windows(workdir, tmp_path, monkeypatch, make_config):
     monkeypatch.chdir(workdir['root'])
     packed = tmp_path / 'packed_test.npy'
     np.save(packed, workdir['feats'][:4])
     windows = tmp_path / 'win.log'
     load_data.write_window_info(str(windows), STARTS[:4], VIDEOS[:4])
     pred_path, result_path = tmp_path / 'p.csv', tmp_path / 'r.txt'
-    cfg = C.Config(mode='temporal', pretrain='tiny', method='main_stream', data_dir='data', feature_path='feat',
-                   device='cpu', batch_size=2)
+    cfg = make_config(mode='temporal', pretrain='tiny', method='main_stream', data_dir='data', feature_path='feat',
+                      device='cpu', batch_size=2)
     pred, det = T.run_test(cfg, str(workdir['ckpt']), str(packed), str(windows), str(pred_path), str(result_path),
                            log=lambda *a: None)
     assert len(pred) == 4 * 140 and result_path.read_text() == thumos14.format_results(det)

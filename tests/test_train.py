@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import load_data
-import operations
-import train
 import checkpoints
+import config
+from conftest import TINY, TINY_RUN
+import load_data
+import train
 
 torch.set_num_threads(2)
-LRS = (1e-3,) * 3
-SMALL = dict(input_steps=32, window_size=128, num_anchors=(4, 2, 1))  # a quarter of the arithmetic
+LRS = TINY_RUN['learning_rates']   # (1e-3,) * 3
 
 
 def make_data(num_windows=6, dim=8, seed=0):
@@ -34,21 +33,12 @@ def make_data(num_windows=6, dim=8, seed=0):
     start = rng.uniform(0.0, 0.6, num_windows)
     box[:, 0, 0], box[:, 0, 1] = start, start + rng.uniform(0.1, 0.4, num_windows)
     valid[:, 0] = True
-    features = rng.normal(0, 0.1, (num_windows, SMALL['input_steps'], dim)).astype(np.float32)
-    steps = np.arange(SMALL['input_steps'])[None, :] / SMALL['input_steps']
+    features = rng.normal(0, 0.1, (num_windows, TINY['input_steps'], dim)).astype(np.float32)
+    steps = np.arange(TINY['input_steps'])[None, :] / TINY['input_steps']
     inside = (steps >= box[:, :1, 0]) & (steps < box[:, :1, 1])
     features[:, :, 0] += inside
     features[:, :, 1] += (label[:, :1] % 7) / 7.0
     return dict(features=features, gt_label=label, gt_box=box, gt_valid=valid)
-
-
-def make_cfg(root, **overrides):
-    values = dict(method='main_stream', device='cpu', batch_size=3, learning_rates=LRS,
-                  models_dir=str(root / 'models'), logs_dir=str(root / 'logs'), **SMALL)
-    values.update(overrides)
-    cfg = config.Config(**values)
-    config.check_config(cfg)
-    return cfg
 
 
 def load(path):
@@ -91,19 +81,19 @@ def data():
 
 
 @pytest.fixture(scope='module')
-def full_run(tmp_path_factory, data):
+def full_run(tmp_path_factory, data, make_config):
     """An uninterrupted 3-epoch run that keeps every checkpoint."""
-    cfg = make_cfg(tmp_path_factory.mktemp('full'), keep_checkpoints=0)
+    cfg = make_config(TINY_RUN, root=tmp_path_factory.mktemp('full'), keep_checkpoints=0)
     result = train.train(cfg, data=data, progress=False)
     return cfg, result
 
 
 @pytest.fixture(scope='module')
-def resumed_run(tmp_path_factory, data):
+def resumed_run(tmp_path_factory, data, make_config):
     """The same run stopped after 1 epoch, then resumed by the same call with all 3 learning rates."""
     root = tmp_path_factory.mktemp('resumed')
-    first = train.train(make_cfg(root, learning_rates=LRS[:1]), data=data, progress=False)
-    cfg = make_cfg(root)
+    first = train.train(make_config(TINY_RUN, root=root, learning_rates=LRS[:1]), data=data, progress=False)
+    cfg = make_config(TINY_RUN, root=root)
     return cfg, first, train.train(cfg, data=data, progress=False)
 
 
@@ -158,15 +148,15 @@ def test_feature_dimension_that_does_not_fit_the_checkpoint(resumed_run):
         train.train(cfg, data=make_data(dim=6), progress=False)
 
 
-def test_empty_training_set(tmp_path):
+def test_empty_training_set(tmp_path, make_config):
     empty = {key: value[:0] for key, value in make_data().items()}
     with pytest.raises(ValueError, match='training set is empty'):
-        train.train(make_cfg(tmp_path), data=empty, progress=False)
+        train.train(make_config(TINY_RUN, root=tmp_path), data=empty, progress=False)
 
 
-def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys):
+def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys, make_config):
     monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: make_data(num_windows=3))
-    cfg = make_cfg(tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
+    cfg = make_config(TINY_RUN, root=tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
     argv = ['train.py', '--mode', 'spatial', '--pretrain', 'tiny', '--method', 'main_stream', '--device=cpu',
             '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
             '--num_anchors=4,2,1', f'--models_dir={tmp_path / "models"}', f'--logs_dir={tmp_path / "logs"}']
@@ -186,8 +176,8 @@ def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys):
     assert_same_tensors(first['model'], load(os.path.join(config.get_models_dir(cfg), 'model-ep-0.pt'))['model'])
 
 
-def test_decouple_ssad_trains(tmp_path):
-    cfg = make_cfg(tmp_path, method='decouple_ssad', learning_rates=(1e-3,), batch_size=2)
+def test_decouple_ssad_trains(tmp_path, make_config):
+    cfg = make_config(TINY_RUN, root=tmp_path, method='decouple_ssad', learning_rates=(1e-3,), batch_size=2)
     result = train.train(cfg, data=make_data(num_windows=2), progress=False)
     assert all(np.isfinite(v) for v in result['losses'].values())
     model, ckpt = checkpoints.load_model(result['model_path'], cfg, feature_dim=8)
@@ -212,11 +202,11 @@ def write_dataset(root, data, pretrain):
     return [f'--data_dir={root / "thumos14"}', f'--feature_path={root / "feature"}']
 
 
-def test_torchrun_two_processes_give_the_single_process_weights(tmp_path, full_run, data):
+def test_torchrun_two_processes_give_the_single_process_weights(tmp_path, full_run, data, make_config):
     """torchrun on CPU (gloo): each process runs half of every batch; the loss is the whole batch's."""
     full_cfg, _ = full_run
     paths = write_dataset(tmp_path, data, 'tiny')
-    cfg = make_cfg(tmp_path, pretrain='tiny', learning_rates=LRS[:1])
+    cfg = make_config(TINY_RUN, root=tmp_path, pretrain='tiny', learning_rates=LRS[:1])
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                os.path.abspath(train.__file__), '--mode', 'temporal', '--pretrain', 'tiny', '--method', 'main_stream',
                '--device=cpu', '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
@@ -230,24 +220,24 @@ def test_torchrun_two_processes_give_the_single_process_weights(tmp_path, full_r
     assert len(log_lines(cfg)) == 1
 
 
-def test_checkpoint_of_a_cuda_graph_run_resumes_on_a_cpu(tmp_path, data):
+def test_checkpoint_of_a_cuda_graph_run_resumes_on_a_cpu(tmp_path, data, make_config):
     """A CUDA-graph run saves a capturable optimizer with a tensor learning rate; resuming it
     elsewhere (here on a CPU, without a graph) must take its state and go on eagerly."""
-    first = train.train(make_cfg(tmp_path, learning_rates=LRS[:1]), data=data, progress=False)
+    first = train.train(make_config(TINY_RUN, root=tmp_path, learning_rates=LRS[:1]), data=data, progress=False)
     ckpt = load(first['model_path'])
     for group in ckpt['optimizer']['param_groups']:
         group['lr'], group['capturable'] = torch.tensor(group['lr']), True
     torch.save(ckpt, first['model_path'])
-    resumed = train.train(make_cfg(tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
+    resumed = train.train(make_config(TINY_RUN, root=tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
     assert resumed['epoch'] == 1
     saved = load(resumed['model_path'])['optimizer']['param_groups'][0]
     assert saved['lr'] == LRS[1] and saved['capturable'] is False
 
 
-def test_a_failed_checkpoint_write_stops_training(tmp_path, data, monkeypatch):
+def test_a_failed_checkpoint_write_stops_training(tmp_path, data, monkeypatch, make_config):
     """Checkpoints are written by a background thread; its error must not be lost."""
     def disk_full(path, state, keep=0):
         raise OSError(f'{path}: no space left on device')
     monkeypatch.setattr(checkpoints, 'write_checkpoint', disk_full)
     with pytest.raises(OSError, match='no space left'):
-        train.train(make_cfg(tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
+        train.train(make_config(TINY_RUN, root=tmp_path, learning_rates=LRS[:2]), data=data, progress=False)
