@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 
 import evaluate
+import thumos14
+from fig import visualize as V
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'fig'))
-import visualize as V  # noqa: E402
-import thumos14  # noqa: E402
 
 CLASSES = [(7, 'BaseballPitch'), (9, 'BasketballDunk'), (26, 'Diving')]
 
