@@ -20,15 +20,21 @@ import thumos14
 @dataclass
 class Config:
     # --- which run: output names are <mode>_<pretrain>_<method> ---
-    mode: str = 'temporal'             # temporal (optical-flow stream) | spatial (RGB stream)
+    mode: str = 'temporal'             # temporal (flow stream) | spatial (RGB stream) | concat (both: early fusion)
     pretrain: str = 'UCF101'           # UCF101 (D = 1024) | KnetV3 (D = 2048); D itself is read from the data
     method: str = 'decouple_ssad'      # main_stream | decouple_ssad
 
     # --- data ---
+    data_source: str = 'release'       # release: the folders below | i3d: the field's JSON + <video>.npy (§15)
     data_dir: str = 'data/thumos14'    # <data_dir>/<split>/{thumos14_<split>_annotation.csv, window_info.log, gt.npz}
     feature_path: str = 'data/THUMOS14/feature'  # <feature_path>/<split>/<mode>DataX<pretrain>/{0.npy.. | packed .npy | <video>.npy}
     eval_gt_dir: str = 'data/thumos14/eval_annotation'  # <Class>_test.txt, Ambiguous_test.txt, detclasslist.txt
-    fps_file: str = ''                 # optional CSV "video,fps"; others: thumos14.FPS_EXCEPTIONS, then 30
+    fps_file: str = ''                 # optional CSV "video,fps" (or a JSON); others: thumos14.FPS_EXCEPTIONS, then 30
+                                       # (empty with data_source=i3d: the fps of i3d_annotation)
+    i3d_annotation: str = 'data/thumos/annotations/thumos14.json'  # {"database": {video: {subset, duration, ...}}}
+    i3d_feature_dir: str = 'data/thumos/i3d_features'   # <video>.npy [T, 2048], one 16-frame clip every 4 frames
+    i3d_spatial_channels: tuple = (0, 1024)      # [lo, hi) of the RGB stream in each step
+    i3d_temporal_channels: tuple = (1024, 2048)  # [lo, hi) of the flow stream; files are max(hi) wide
     train_split_set: str = 'val'
     test_split_set: str = 'test'
     window_size: int = 512             # frames per window
@@ -97,6 +103,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
+MODES = ('temporal', 'spatial', 'concat')
+DATA_SOURCES = ('release', 'i3d')
+# Early fusion (mode concat) reads the two streams side by side, RGB first as in the field's I3D files.
+CONCAT_STREAMS = ('spatial', 'temporal')
+
+
 # --- output paths, as the release names them ---
 
 def get_models_dir(cfg):
@@ -121,6 +133,20 @@ def get_log_path(cfg):
 
 def get_anno_path(cfg, split_set):
     return join(cfg.data_dir, split_set, f'thumos14_{split_set}_annotation.csv')
+
+
+def get_eval_gt_path(cfg):
+    """The evaluation ground truth: the kit's folder, or with data_source=i3d the annotation JSON."""
+    return cfg.i3d_annotation if cfg.data_source == 'i3d' else cfg.eval_gt_dir
+
+
+def resolve_defaults(cfg):
+    """Fill the defaults that depend on other fields: with data_source=i3d an empty fps_file is
+    the annotation JSON, whose every video has its frame rate (the built-in table would put
+    the videos of other rates at 30 fps without a word)."""
+    if cfg.data_source == 'i3d' and not cfg.fps_file:
+        cfg.fps_file = cfg.i3d_annotation
+    return cfg
 
 
 def get_data_x_path(cfg, split_set, mode=None):
@@ -174,6 +200,7 @@ def apply_overrides(cfg, overrides):
             else:
                 raise ValueError(f'--{key} needs a value: --{key}=VALUE')
         setattr(cfg, key, _convert(key, getattr(cfg, key), text))
+    resolve_defaults(cfg)
     check_config(cfg)
     return cfg
 
@@ -240,15 +267,31 @@ def _domain_problems(cfg):
                         f'{", ".join(FEATURE_DTYPES)} (an integer type would truncate the features)')
     if not isinstance(cfg.device, str) or not DEVICE_SYNTAX.fullmatch(cfg.device):
         problems.append(f'device: {cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N')
+    if cfg.data_source not in DATA_SOURCES:
+        problems.append(f'data_source: {cfg.data_source!r} is not a data source; use one of {", ".join(DATA_SOURCES)}')
+    problems += _channel_problems(cfg)
     return problems
+
+
+def _channel_problems(cfg):
+    """The two I3D streams: [lo, hi) integer ranges, non-empty and not overlapping."""
+    ranges = {name: getattr(cfg, name) for name in ('i3d_spatial_channels', 'i3d_temporal_channels')}
+    for name, r in ranges.items():
+        if not (isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     for v in r) and 0 <= r[0] < r[1]):
+            return [f'{name}: {r!r} is not a channel range; use lo,hi with 0 <= lo < hi (e.g. 0,1024)']
+    (a, b), (c, d) = ranges.values()
+    if max(a, c) < min(b, d):
+        return [f'i3d_spatial_channels {a},{b} and i3d_temporal_channels {c},{d} overlap; give each stream its own']
+    return []
 
 
 def check_config(cfg):
     """Reject settings that cannot work together or lie outside their domain, naming the fields
     and what they may be, in one line: ValueError('bad config: field: ...; field: ...')."""
     problems = []
-    if cfg.mode not in ('temporal', 'spatial'):
-        problems.append(f'mode must be temporal or spatial, got {cfg.mode!r}')
+    if cfg.mode not in MODES:
+        problems.append(f'mode must be temporal, spatial or concat (both streams, early fusion), got {cfg.mode!r}')
     if cfg.method not in ('main_stream', 'decouple_ssad'):
         problems.append(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
     domain = _domain_problems(cfg)
@@ -306,6 +349,7 @@ def config_from_dict(values):
         raise ValueError(f'unknown config keys {unknown}')
     for key, value in as_settings(values).items():
         setattr(cfg, key, value)
+    resolve_defaults(cfg)
     check_config(cfg)
     return cfg
 

@@ -132,7 +132,7 @@ def main(argv=None):
     parser.add_argument('src', help='TensorFlow checkpoint prefix, or .npz of checkpoint key -> array')
     parser.add_argument('out', help='output .pt checkpoint')
     parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), required=True)
-    parser.add_argument('--mode', choices=('temporal', 'spatial'), default=None)
+    parser.add_argument('--mode', choices=config.MODES, default=None)
     parser.add_argument('--pretrain', default=None)
     try:
         cfg, args = config.parse_config(parser, argv)

@@ -5,7 +5,8 @@
 #   bash demo.sh [--key=value ...]     # extra config overrides go to every stage
 #
 # About 3 minutes on 2 CPU cores. Outputs: models/, results/, logs/ (runs named
-# <mode>_synthetic_decouple_ssad), fig/demo_ap.png and fig/demo_timeline.png.
+# <mode>_synthetic_decouple_ssad), fig/demo_ap.png, fig/demo_timeline.png and the
+# error diagnosis of the fused result, results/result_fuse_synthetic_decouple_ssad_diagnosis.html.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
@@ -33,4 +34,7 @@ $PYTHON fig/plot_eval.py $fused results/result_temporal_synthetic_decouple_ssad.
 videos=$(cut -f1 $fused | sort -u | head -n 3)
 $PYTHON fig/visualize.py $fused --gt $DATA/thumos14/eval_annotation --videos $videos \
     --out fig/demo_timeline.png
+$PYTHON fig/diagnose.py $fused --gt $DATA/thumos14/eval_annotation --out results \
+    --video_info $DATA/thumos14/test/thumos14_test_annotation.csv --fps_file=$DATA/thumos14/video_fps.csv
 echo "demo: per-class AP plot in fig/demo_ap.png, detection timeline in fig/demo_timeline.png"
+echo "demo: error diagnosis (open in a browser) in $(pwd)/results/result_fuse_synthetic_decouple_ssad_diagnosis.html"

@@ -13,8 +13,11 @@ Two metrics:
   positives), duplicate instances removed, interpolated AP.
 
     python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric both
+    python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric both --summary
 
-Result file: `video start_s end_s class_id score` per line, whitespace separated.
+Ground truth: the kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the
+field's annotation JSON (its Test videos; method.md §15). Several result files: each is scored,
+then one table compares them. Result file: `video start_s end_s class_id score` per line, whitespace separated.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ import pandas as pd
 
 import config
 import fileio
+import thumos14
 from thumos14 import EvalWarning, drop_unknown_classes, numeric_field, read_fields, read_results
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -39,9 +43,12 @@ def read_ground_truth(gt_dir, subset='test'):
 
     Returns dict(class_ids [C], class_names [C], gt DataFrame(video, start, end, cls),
     ambiguous DataFrame(video, start, end)); `cls` is the 0-based row of detclasslist,
-    rows are class by class in file order.
+    rows are class by class in file order. A `gt_dir` ending in .json is the field's annotation
+    JSON instead (read_json_ground_truth).
     """
     gt_dir = str(gt_dir)
+    if gt_dir.endswith('.json'):
+        return read_json_ground_truth(gt_dir, subset)
     list_path = os.path.join(gt_dir, 'detclasslist.txt')
     classes = read_fields(list_path, 2, 'ground-truth class list')
     if len(classes) == 0:
@@ -65,6 +72,28 @@ def read_ground_truth(gt_dir, subset='test'):
     gt = pd.concat(parts, ignore_index=True)
     return dict(class_ids=class_ids, class_names=class_names, gt=gt, ambiguous=read('Ambiguous'),
                 gt_dir=gt_dir, subset=subset)
+
+
+def read_json_ground_truth(path, subset='test'):
+    """The field's annotation JSON as ground truth: the instances of its videos of `subset` (test =
+    the JSON's Test), as read_ground_truth returns them, classes in detclasslist order.
+
+    The field's JSONs hold no Ambiguous interval (only intervals labelled Ambiguous would be), so
+    the kit metric then drops no detection: one on an interval the kit's files call Ambiguous is a
+    false positive, and kit APs are at most those scored against the kit's folder."""
+    name = {v: k for k, v in thumos14.JSON_SUBSETS.items()}.get(subset, subset)
+    db = thumos14.read_annotation_json(path)
+    videos = db['videos'].loc[db['videos']['subset'] == name, 'video']
+    if len(videos) == 0:
+        raise ValueError(f'{path}: field subset: no video of subset {name!r}')
+    inst = db['instances'][db['instances']['video'].isin(videos)]
+    cls = inst['class_id'].map(thumos14.CLASS_INDEX_OF_ID).to_numpy(np.int64) - 1
+    order = np.argsort(cls, kind='stable')   # class by class, file order within: as the kit's files
+    gt = pd.DataFrame({'video': inst['video'].to_numpy(dtype=object)[order], 'start': inst['start'].to_numpy()[order],
+                       'end': inst['end'].to_numpy()[order], 'cls': cls[order]})
+    amb = db['ambiguous'][db['ambiguous']['video'].isin(videos)].reset_index(drop=True)
+    return dict(class_ids=np.array(thumos14.CLASS_IDS), class_names=list(thumos14.CLASS_NAMES[1:]), gt=gt,
+                ambiguous=amb, gt_dir=path, subset=subset, num_videos_listed=int(len(videos)))
 
 
 # ----------------------------------------------------------------------------
@@ -451,34 +480,74 @@ def write_json(results, path):
         f.write('\n')
 
 
+def format_comparison(labels, results):
+    """One row per result: mAP@0.5 and the mean over 0.3:0.1:0.7 of each metric, in %."""
+    metrics = list(results[0])
+    width = max(len(label) for label in labels) + 2
+    head = ''.join(f'{m + " mAP@0.5":>14}{m + " avg 0.3:0.7":>18}' for m in metrics)
+    lines = [f'{"":<{width}}{head}']
+    for label, res in zip(labels, results):
+        cells = []
+        for m in metrics:
+            thr, avg = res[m]['thresholds'], res[m]['map_avg_0.3_0.7']
+            half = [v for t, v in zip(thr, res[m]['map']) if abs(t - 0.5) < 1e-9]
+            cells.append(f'{100 * half[0]:14.2f}' if half else f'{"n/a":>14}')
+            cells.append(f'{100 * avg:18.2f}' if avg is not None else f'{"n/a":>18}')
+        lines.append(f'{label:<{width}}' + ''.join(cells))
+    return '\n'.join(lines)
+
+
+def _describe_gt(gt_dir, subset):
+    """Which ground truth, and its counts (the protocol a number belongs to)."""
+    gt = read_ground_truth(gt_dir, subset)
+    kind = ('annotation JSON, no Ambiguous intervals: the kit metric drops no detection'
+            if str(gt_dir).endswith('.json') else 'kit annotation folder')
+    return (f'ground truth: {gt_dir} ({subset}; {kind}): {len(gt["gt"])} instances in '
+            f'{gt["gt"]["video"].nunique()} videos, {len(gt["ambiguous"])} Ambiguous intervals')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='THUMOS14 detection evaluation (official kit and ActivityNet style)')
-    parser.add_argument('result', help='result file: video start_s end_s class_id score per line')
-    parser.add_argument('--gt', default=None, help='annotation folder (default: config eval_gt_dir)')
+    parser.add_argument('result', nargs='+', help='result file(s): video start_s end_s class_id score per line')
+    parser.add_argument('--labels', nargs='+', default=None, help='names of the result files in the comparison table')
+    parser.add_argument('--gt', default=None, help='annotation folder or JSON (default: config eval_gt_dir, or '
+                                                   'i3d_annotation with data_source=i3d)')
     parser.add_argument('--subset', default='test')
     parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
     parser.add_argument('--metric', choices=['kit', 'anet', 'both'], default='kit')
     parser.add_argument('--json', default=None, help='write APs and mAPs here')
     parser.add_argument('--summary', action='store_true', help='print only the mAP rows, not the per-class table')
+    parser.add_argument('--compare', action='store_true', help='several results: print only the comparison table')
     warnings.formatwarning = lambda msg, *a, **k: f'warning: {msg}\n'
     try:
         cfg, args = config.parse_config(parser, argv)
-        gt_dir = args.gt or cfg.eval_gt_dir
+        gt_dir = args.gt or config.get_eval_gt_path(cfg)
         metrics = ('kit', 'anet') if args.metric == 'both' else (args.metric,)
+        labels = args.labels or args.result
+        if len(labels) != len(args.result):
+            raise ValueError(f'{len(args.result)} result files but {len(labels)} --labels')
         if args.json:
+            if len(args.result) > 1:
+                raise ValueError('--json takes one result file')
             fileio.check_writable(args.json)
-        results = evaluate(args.result, gt_dir, args.thresholds, args.subset, metrics)
+        every = [evaluate(r, gt_dir, args.thresholds, args.subset, metrics) for r in args.result]
+        described = _describe_gt(gt_dir, args.subset) if len(args.result) > 1 else None
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
-    print(f'result: {args.result}  ground truth: {gt_dir} ({args.subset})')
-    for res in results.values():
+    for result, results in zip(args.result, [] if args.compare and len(every) > 1 else every):
+        print(f'result: {result}  ground truth: {gt_dir} ({args.subset})')
+        for res in results.values():
+            print()
+            table = format_table(res)
+            print('\n'.join(table.splitlines()[:3] + table.splitlines()[-2:]) if args.summary else table)
         print()
-        table = format_table(res)
-        print('\n'.join(table.splitlines()[:3] + table.splitlines()[-2:]) if args.summary else table)
+    if len(every) > 1:
+        print(described)
+        print(format_comparison(labels, every))
     if args.json:
-        write_json(results, args.json)
-        print(f'\nwrote {args.json}')
-    return results
+        write_json(every[0], args.json)
+        print(f'wrote {args.json}')
+    return every[0] if len(every) == 1 else every
 
 
 if __name__ == '__main__':

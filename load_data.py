@@ -14,6 +14,8 @@ Feature layouts under `<feature_path>/<split>/<mode>DataX<pretrain>/`, tried in 
   0.npy ...       one [128, D] file per window, window i = `<i>.npy` (the released layout).
   <video>.npy     one [T, D] file per video, one step per 4 frames; window at start frame s
                   is steps s // 4 .. s // 4 + 127, a short tail padded with the last step.
+Mode `concat` (early fusion) reads the spatial and the temporal folder and puts them side by side.
+With cfg.data_source = 'i3d' the field's JSON and <video>.npy folder are read instead (i3d.py, §15).
 """
 import builtins
 import os
@@ -26,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from config import get_anno_path, get_data_x_path
+from config import CONCAT_STREAMS, get_anno_path, get_data_x_path
 from fileio import atomic_open, atomic_path
 from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES, check_text_file, warn
 
@@ -571,9 +573,9 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
 
     Returns [len(indices), cfg.input_steps, D] in cfg.feature_dtype. D comes from the data.
     `folder` overrides `<feature_path>/<split>/<mode>DataX<pretrain>`. With mmap=True a packed
-    array of the right dtype is returned memory-mapped (read-only) instead of read.
+    array of the right dtype is returned memory-mapped (read-only) instead of read. Mode concat
+    (early fusion) without `folder` reads the spatial and the temporal folder, side by side.
     NaN or inf in what the network would read (after the cast) is an error naming the file."""
-    folder = folder or get_data_x_path(cfg, split, mode)
     starts = np.asarray(starts, np.int64)
     videos = np.asarray(videos, str)
     if len(starts) != len(videos):
@@ -582,6 +584,11 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
     indices = np.arange(w) if indices is None else np.asarray(indices, np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= w):
         raise ValueError(f'window index out of range 0..{w - 1}')
+    if (mode or cfg.mode) == 'concat' and folder is None:
+        # Early fusion: the two streams' folders, window by window, channels side by side.
+        parts = [load_features(cfg, split, starts, videos, m, indices) for m in CONCAT_STREAMS]
+        return np.concatenate(parts, axis=2)
+    folder = folder or get_data_x_path(cfg, split, mode)
     dtype = np.dtype(cfg.feature_dtype)
     layout = feature_layout(folder)
     if layout == 'packed':
@@ -626,9 +633,12 @@ def _window_features(folder, w, indices, steps, dtype):
     return out if out is not None else np.zeros((0, steps, 0), dtype)
 
 
-def _video_features(folder, starts, videos, indices, steps, dtype):
+def _video_features(folder, starts, videos, indices, steps, dtype, step_offset=0, channels=None):
     """Per-video files: slice each video once for all of its windows, several videos at a
-    time (numpy copies without holding the GIL; the reads are what takes the time)."""
+    time (numpy copies without holding the GIL; the reads are what takes the time).
+
+    The window at frame s reads steps s // 4 + step_offset + j (j < steps), cut to the file's
+    steps (repeating the first or the last); `channels` (index array) picks columns of each step."""
     sel_videos = videos[indices]
     names = np.unique(sel_videos)
     if len(names) == 0:
@@ -637,7 +647,7 @@ def _video_features(folder, starts, videos, indices, steps, dtype):
     first_array = _load_npy(first_path, mmap=True)
     _check_array(first_array, first_path, (None, None))
     dim = first_array.shape[1]
-    out = np.empty((len(indices), steps, dim), dtype)
+    out = np.empty((len(indices), steps, dim if channels is None else len(channels)), dtype)
 
     def fill(video):
         path = os.path.join(folder, f'{video}.npy')
@@ -646,15 +656,16 @@ def _video_features(folder, starts, videos, indices, steps, dtype):
         if len(a) == 0:
             raise ValueError(f'{path}: no feature steps')
         rows = np.flatnonzero(sel_videos == video)
-        first = starts[indices[rows]] // FRAMES_PER_STEP
+        first = starts[indices[rows]] // FRAMES_PER_STEP + step_offset
         late = first >= len(a)
         if late.any():
             r = rows[np.flatnonzero(late)[0]]
             raise ValueError(f'{path}: window {indices[r]} starts at frame {starts[indices[r]]}, '
                              f'past the {len(a)} feature steps of the video')
-        step = np.minimum(first[:, None] + np.arange(steps), len(a) - 1)   # short tail: repeat the last step
+        step = np.clip(first[:, None] + np.arange(steps), 0, len(a) - 1)   # short tail: repeat the last step
         lo = int(step.min())
-        block = np.asarray(a[lo:step.max() + 1]).astype(dtype, copy=False)
+        block = a[lo:step.max() + 1]
+        block = np.asarray(block if channels is None else block[:, channels]).astype(dtype, copy=False)
         _check_finite(block, path, 'step', np.arange(lo, lo + len(block)))
         out[rows] = block[step - lo]
 
@@ -747,11 +758,20 @@ def _first_batch(cfg, w):
     return np.arange(min(cfg.batch_size, w) if cfg.small_num_data_for_test else w)
 
 
+def _source(cfg):
+    """(training ground truth, test windows, feature reader) of cfg.data_source."""
+    if cfg.data_source == 'i3d':
+        import i3d   # imported here: i3d.py builds on this module
+        return i3d.load_train_gt, i3d.test_windows, i3d.load_features
+    return load_train_gt, None, load_features
+
+
 def load_train_data(cfg, mode=None):
     """dict(features [W,128,D], gt_label [W,Mmax], gt_box [W,Mmax,2], gt_valid [W,Mmax], starts, videos)."""
-    gt = load_train_gt(cfg)
+    train_gt, _, read_features = _source(cfg)
+    gt = train_gt(cfg)
     keep = _first_batch(cfg, len(gt['start']))
-    features = load_features(cfg, cfg.train_split_set, gt['start'], gt['video'], mode, indices=keep)
+    features = read_features(cfg, cfg.train_split_set, gt['start'], gt['video'], mode, indices=keep)
     gt_label, gt_box, gt_valid = pad_gt(gt)
     return dict(features=features, gt_label=gt_label[keep], gt_box=gt_box[keep], gt_valid=gt_valid[keep],
                 starts=gt['start'][keep], videos=gt['video'][keep])
@@ -760,11 +780,15 @@ def load_train_data(cfg, mode=None):
 def load_test_data(cfg, mode=None, windows=None, features=None):
     """dict(features [W,128,D], starts, videos) of the test split.
 
-    `windows` overrides `<data_dir>/<test split>/window_info.log`, `features` the feature folder."""
-    windows = windows or os.path.join(_split_dir(cfg, cfg.test_split_set), 'window_info.log')
-    starts, videos = read_window_info(windows)
+    `windows` overrides `<data_dir>/<test split>/window_info.log` (with data_source=i3d: the
+    §3 windows of the JSON's test videos), `features` the feature folder."""
+    _, test_windows, read_features = _source(cfg)
+    if windows is None and test_windows is None:
+        windows = os.path.join(_split_dir(cfg, cfg.test_split_set), 'window_info.log')
+    starts, videos = read_window_info(windows) if windows else test_windows(cfg)
     anno_path = get_anno_path(cfg, cfg.test_split_set)
-    if os.path.isfile(anno_path):   # not needed to test; when there, the window list must fit it
+    if cfg.data_source == 'release' and os.path.isfile(anno_path):
+        # not needed to test; when there, the window list must fit it
         try:
             anno = read_annotation(anno_path)
         except ValueError as err:
@@ -772,7 +796,7 @@ def load_test_data(cfg, mode=None, windows=None, features=None):
         else:
             check_windows_against_annotation(anno, anno_path, starts, videos, windows, False, cfg)
     keep = _first_batch(cfg, len(starts))
-    feats = load_features(cfg, cfg.test_split_set, starts, videos, mode, indices=keep, folder=features)
+    feats = read_features(cfg, cfg.test_split_set, starts, videos, mode, indices=keep, folder=features)
     return dict(features=feats, starts=starts[keep], videos=videos[keep])
 
 

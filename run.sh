@@ -8,6 +8,14 @@
 #   method    decouple_ssad | main_stream             (default decouple_ssad)
 #   --key=value  config overrides passed to every script (see config.py)
 #
+# EARLY_FUSION=1 also trains and tests mode concat (both streams concatenated into one network,
+# docs/method.md §15) beside the two streams and their late fusion; the summary at the end
+# compares late fusion, early fusion, RGB only and flow only (kit and ActivityNet mAP). On the
+# field's I3D files (the annotation JSON and one <video>.npy per video):
+#
+#   EARLY_FUSION=1 bash run.sh train_test_fuse I3D decouple_ssad --data_source=i3d \
+#       --i3d_annotation=data/thumos/annotations/thumos14.json --i3d_feature_dir=data/thumos/i3d_features
+#
 # With two or more GPUs the two streams run in parallel, one GPU each; with one
 # GPU or none they run one after the other. SHARE_GPU=1 bash run.sh ... runs them
 # in parallel on one GPU (it needs memory for both; bf16 Decouple-SSAD takes ~7 GiB). Outputs go to models/, results/ and
@@ -22,6 +30,10 @@ pretrain=${2:-UCF101}
 method=${3:-decouple_ssad}
 overrides=("${@:4}")
 PYTHON=${PYTHON:-python}
+modes=(temporal spatial)
+case ${EARLY_FUSION:-0} in 0) ;; 1) modes+=(concat) ;; *)
+    echo "run.sh: EARLY_FUSION must be 0 or 1, got '${EARLY_FUSION}'" >&2; exit 2 ;;
+esac
 
 case $stage in train|test|fuse|train_test_fuse) ;; *)
     echo "run.sh: unknown stage '$stage' (train | test | fuse | train_test_fuse)" >&2; exit 2 ;;
@@ -40,7 +52,7 @@ for arg in "${overrides[@]}"; do
 done
 mkdir -p "$logs" "$results" "$models"
 SECONDS=0
-echo "run.sh: stage=$stage pretrain=$pretrain method=$method ${overrides[*]:-}"
+echo "run.sh: stage=$stage pretrain=$pretrain method=$method modes=${modes[*]} ${overrides[*]:-}"
 
 # One stream: train and/or test, as the stage asks.
 run_stream() {
@@ -66,16 +78,21 @@ if [[ $stage != fuse ]]; then
         pid_spatial=$!
         wait $pid_temporal; status[temporal]=$?
         wait $pid_spatial; status[spatial]=$?
+        if [[ ${modes[*]} == *concat* ]] && (( status[temporal] == 0 && status[spatial] == 0 )); then
+            echo "run.sh: early fusion (mode concat) on GPU 0"
+            CUDA_VISIBLE_DEVICES=0 run_stream concat > "$logs/concat_${pretrain}_${method}.out" 2>&1
+            status[concat]=$?
+        fi
     else
-        echo "run.sh: ${gpus} GPU(s): the two streams one after the other"
-        for mode in temporal spatial; do
+        echo "run.sh: ${gpus} GPU(s): ${modes[*]} one after the other"
+        for mode in "${modes[@]}"; do
             echo "run.sh: $mode stream (console output in $logs/${mode}_${pretrain}_${method}.out)"
             run_stream $mode 2>&1 | tee "$logs/${mode}_${pretrain}_${method}.out"
             status[$mode]=${PIPESTATUS[0]}
             (( status[$mode] == 0 )) || break
         done
     fi
-    for mode in temporal spatial; do
+    for mode in "${modes[@]}"; do
         if [[ ${status[$mode]:-1} != 0 ]]; then
             echo "run.sh: the $mode stream failed (exit ${status[$mode]:-not run}); see $logs/${mode}_${pretrain}_${method}.out. Nothing was fused." >&2
             tail -n 15 "$logs/${mode}_${pretrain}_${method}.out" >&2 2>/dev/null
@@ -95,8 +112,23 @@ if [[ $stage == fuse || $stage == train_test_fuse ]]; then
             $PYTHON "$here/evaluate.py" "$result" --summary "${overrides[@]}" || exit 1
         fi
     done
+    concat="$results/result_concat_${pretrain}_${method}.txt"
+    if [[ ${modes[*]} == *concat* && -f $concat ]]; then
+        echo "run.sh: early fusion (mode concat), $concat:"
+        $PYTHON "$here/evaluate.py" "$concat" --summary "${overrides[@]}" || exit 1
+    fi
     echo "run.sh: two-stream fusion, $fused:"
     $PYTHON "$here/evaluate.py" "$fused" --json "$results/eval_fuse_${pretrain}_${method}.json" "${overrides[@]}" || exit 1
+    # The summary: every variant that has a result, under the kit metric and the ActivityNet one.
+    files=("$fused"); labels=("late fusion")
+    [[ ${modes[*]} == *concat* && -f $concat ]] && { files+=("$concat"); labels+=("early fusion (concat)"); }
+    for pair in "spatial:RGB only (spatial)" "temporal:flow only (temporal)"; do
+        result="$results/result_${pair%%:*}_${pretrain}_${method}.txt"
+        [[ -f $result ]] && { files+=("$result"); labels+=("${pair#*:}"); }
+    done
+    echo "run.sh: summary, mAP (%) at tIoU 0.5 and averaged over 0.3:0.1:0.7:"
+    $PYTHON "$here/evaluate.py" "${files[@]}" --labels "${labels[@]}" --metric both --compare \
+        "${overrides[@]}" || exit 1
 fi
 
 echo "run.sh: $((SECONDS / 60)) minutes and $((SECONDS % 60)) seconds elapsed."

@@ -4,12 +4,15 @@
 - frame rates: the built-in table of the test videos that are not 30 fps, and the
   optional `video,fps` CSV (config field `fps_file`);
 - the feature-folder name `<root>/<split>/<mode>DataX<pretrain>`;
+- the field's annotation JSON (ActionFormer / OpenTAD: `{"database": {video: {...}}}`), read and
+  checked into tables in seconds (docs/method.md §15; i3d.py turns them into frames);
 - the result-file line `video start_s end_s class_id score` (writer and reader), and
   the whitespace-separated text the evaluation kit's files share.
 
 Nothing here knows about models or configs: every other module may import it.
 """
 import csv
+import json
 import os
 import re
 import warnings
@@ -30,6 +33,7 @@ CLASS_NAMES = ['Background', 'BaseballPitch', 'BasketballDunk', 'Billiards', 'Cl
 NUM_CLASSES = len(CLASS_REAL)          # 20 actions + background: the width of every class head
 CLASS_IDS = CLASS_REAL[1:]             # the 20 action ids, in model-index order
 CLASS_NAME_OF_ID = dict(zip(CLASS_IDS, CLASS_NAMES[1:]))
+CLASS_ID_OF_NAME = {name: cid for cid, name in CLASS_NAME_OF_ID.items()}
 CLASS_INDEX_OF_ID = {cid: k for k, cid in enumerate(CLASS_REAL) if k > 0}
 # Every CliffDiving instance is also a Diving instance in the ground truth, so post-processing
 # repeats each CliffDiving detection as Diving (§10).
@@ -55,12 +59,17 @@ class FpsTable(dict):
 
 
 def video_fps(fps_file=''):
-    """The fps of every video: `fps_file` (CSV `video,fps`) first, then FPS_EXCEPTIONS, then 30."""
+    """The fps of every video: `fps_file` (CSV `video,fps`, or the annotation JSON, whose every
+    video has its fps) first, then FPS_EXCEPTIONS, then 30."""
     table = FpsTable(FPS_EXCEPTIONS)
     if not fps_file:
         return table
     if not os.path.isfile(fps_file):
         raise ValueError(f'{fps_file}: fps file not found')
+    if fps_file.endswith('.json'):
+        videos = read_annotation_json(fps_file)['videos']
+        table.update(zip(videos['video'], videos['fps'].tolist()))
+        return table
     check_text_file(fps_file, 'fps file', 'a CSV "video,fps"')
     try:
         df = pd.read_csv(fps_file, dtype=str, keep_default_na=False)
@@ -82,6 +91,117 @@ def video_fps(fps_file=''):
                          f'give each video one frame rate')
     table.update(zip(names, fps.tolist()))
     return table
+
+
+# --- the field's annotation JSON ---
+
+# The JSON's subset names -> this project's splits: THUMOS14 trains on its validation videos.
+JSON_SUBSETS = {'Validation': 'val', 'Test': 'test'}
+AMBIGUOUS_LABEL = 'Ambiguous'   # not in the field's JSONs; read as the kit's Ambiguous intervals if there
+VIDEO_FIELDS = ('subset', 'duration', 'fps', 'annotations')
+# An instance may end this many frames past the video's duration (one I3D clip): durations are
+# rounded frame counts, and such ends are cut at the duration. Further out it is an error.
+SEGMENT_SLACK_FRAMES = 16
+
+
+def read_annotation_json(path):
+    """The field's THUMOS14 annotation JSON -> dict of DataFrames, times in seconds:
+
+    videos (video, subset, split, duration, fps), in file order; instances (video, label,
+    class_id, start, end), the 20 classes only, in file order; ambiguous (video, start, end).
+    Every refusal is one ValueError naming the file, the video and the field."""
+    db = _json_database(path)
+    rows, annos = [], []
+    for video, entry in db.items():
+        where = f'{path}: video {video}'
+        if not isinstance(entry, dict):
+            raise ValueError(f'{where}: expected an object with fields {", ".join(VIDEO_FIELDS)}')
+        missing = [f for f in VIDEO_FIELDS if f not in entry]
+        if missing:
+            raise ValueError(f'{where}: missing field {missing[0]!r} (each video needs {", ".join(VIDEO_FIELDS)})')
+        if not isinstance(entry['subset'], str) or entry['subset'] not in JSON_SUBSETS:
+            raise ValueError(f'{where}: field subset is {entry["subset"]!r}; expected one of {", ".join(JSON_SUBSETS)}')
+        if not isinstance(entry['annotations'], list):
+            raise ValueError(f'{where}: field annotations is not a list')
+        rows.append((video, entry['subset'], entry['duration'], entry['fps']))
+        annos += [(video, k, a) for k, a in enumerate(entry['annotations'])]
+    videos = pd.DataFrame(rows, columns=['video', 'subset', 'duration', 'fps'])
+    for field in ('duration', 'fps'):
+        values = pd.to_numeric(videos[field], errors='coerce').to_numpy(np.float64)
+        bad = np.flatnonzero(~(values > 0) | ~np.isfinite(values))
+        if len(bad):
+            raise ValueError(f'{path}: video {videos["video"][bad[0]]}: field {field} is '
+                             f'{videos[field][bad[0]]!r}; expected a number > 0')
+        videos[field] = values
+    videos['split'] = videos['subset'].map(JSON_SUBSETS)
+    segments = _json_segments(path, annos, videos)
+    ambiguous = segments['label'] == AMBIGUOUS_LABEL
+    return dict(videos=videos, instances=segments[~ambiguous].reset_index(drop=True),
+                ambiguous=segments.loc[ambiguous, ['video', 'start', 'end']].reset_index(drop=True))
+
+
+def _json_database(path):
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: annotation JSON not found')
+    check_text_file(path, 'annotation JSON', '{"database": {video: {...}}}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            top = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: not JSON: {err}') from None
+    if not isinstance(top, dict) or not isinstance(top.get('database'), dict):
+        raise ValueError(f'{path}: missing field \'database\' (expected {{"database": {{video: {{...}}}}}})')
+    if not top['database']:
+        raise ValueError(f'{path}: field database holds no video')
+    return top['database']
+
+
+def _json_segments(path, annos, videos):
+    """The instances of every video as one table, checked with array operations."""
+    entries = [a for _, _, a in annos]
+    bad = next((i for i, a in enumerate(entries) if not isinstance(a, dict) or 'label' not in a
+                or 'segment' not in a), None)
+    if bad is not None:
+        field = 'label' if isinstance(entries[bad], dict) and 'label' not in entries[bad] else 'segment'
+        raise ValueError(f'{path}: video {annos[bad][0]}: annotation {annos[bad][1]}: missing field {field!r}')
+    seg = [a['segment'] for a in entries]
+    bad = next((i for i, s in enumerate(seg) if not isinstance(s, (list, tuple)) or len(s) != 2), None)
+    if bad is not None:
+        raise ValueError(f'{path}: video {annos[bad][0]}: annotation {annos[bad][1]}: field segment is '
+                         f'{seg[bad]!r}; expected [start_s, end_s]')
+    out = pd.DataFrame({'video': [v for v, _, _ in annos], 'number': [k for _, k, _ in annos],
+                        'label': [a['label'] if isinstance(a['label'], str) else repr(a['label']) for a in entries],
+                        'label_id': [a.get('label_id') for a in entries],
+                        'start': pd.to_numeric(pd.Series([s[0] for s in seg], dtype=object), errors='coerce'),
+                        'end': pd.to_numeric(pd.Series([s[1] for s in seg], dtype=object), errors='coerce')})
+    info = videos.set_index('video').reindex(out['video'])
+    duration, fps = info['duration'].to_numpy(), info['fps'].to_numpy()
+    start, end = out['start'].to_numpy(np.float64), out['end'].to_numpy(np.float64)
+
+    def fail(mask, what):
+        i = np.flatnonzero(mask)
+        if len(i):
+            r = out.iloc[i[0]]
+            raise ValueError(f'{path}: video {r["video"]}: annotation {r["number"]}: {what} '
+                             f'(segment [{r["start"]}, {r["end"]}], label {r["label"]!r}, video duration '
+                             f'{duration[i[0]]:g} s){f"; {len(i) - 1} more such" if len(i) > 1 else ""}')
+
+    known = out['label'].isin(list(CLASS_ID_OF_NAME) + [AMBIGUOUS_LABEL]).to_numpy()
+    fail(~known, f'field label is not a THUMOS14 class (classes: {", ".join(CLASS_NAMES[1:])})')
+    fail(~np.isfinite(start) | ~np.isfinite(end), 'field segment is not two numbers')
+    fail((start < 0) | (start >= duration), 'field segment starts outside the video')
+    fail(end <= start, 'field segment ends at or before its start')
+    fail(end > duration + SEGMENT_SLACK_FRAMES / fps, 'field segment ends outside the video')
+    out['class_id'] = out['label'].map(CLASS_ID_OF_NAME).fillna(0).astype(np.int64)
+    # label_id is the class's 0-based index in name order in ActionFormer's file (k - 1 here); the
+    # name is the fact, the number is only checked. Either numbering is accepted.
+    lid = pd.to_numeric(out['label_id'], errors='coerce').to_numpy(np.float64)
+    index = out['label'].map({n: k - 1 for k, n in enumerate(CLASS_NAMES) if k}).to_numpy(np.float64)
+    fail(~out['label_id'].isna().to_numpy() & (out['label'] != AMBIGUOUS_LABEL).to_numpy()
+         & (lid != index) & (lid != out['class_id'].to_numpy()),
+         'field label_id does not match the label (expected its 0-based index in name order, or its THUMOS14 id)')
+    out['end'] = np.minimum(end, duration)
+    return out[['video', 'label', 'class_id', 'start', 'end']]
 
 
 # --- feature folders ---

@@ -512,7 +512,7 @@ def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, start_e
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--mode', choices=('temporal', 'spatial'), default=None)
+    parser.add_argument('--mode', choices=config.MODES, default=None)
     parser.add_argument('--pretrain', default=None, help='feature set, e.g. UCF101 (D=1024) or KnetV3 (D=2048)')
     parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), default=None)
     parser.add_argument('--fresh', action='store_true', help='delete this run\'s checkpoints and start over')

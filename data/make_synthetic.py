@@ -15,6 +15,12 @@ is also in the built-in fps table). It writes
     DIR/thumos14/video_fps.csv
     DIR/feature/{val,test}/{temporal,spatial}DataX<pretrain>/0.npy ... (or packed.npy, or <video>.npy)
 
+or, with --layout i3d, the field's layout instead (docs/method.md §15; run with --data_source=i3d):
+
+    DIR/annotations/thumos14.json     {"database": {video: {subset, duration, fps, annotations}}}
+    DIR/i3d_features/<video>.npy      [T, 2 D]: RGB (spatial) channels, then flow (temporal); one step
+                                      every 4 frames, step t a 16-frame clip centred on frame 4t + 8
+
 Videos hold several instances of one to three of the 20 classes, a few frames to several hundred
 frames long. A feature step is Gaussian noise plus a slowly drifting per-video background; inside
 an instance it adds the class direction (related classes share part of theirs), a class-agnostic
@@ -24,6 +30,7 @@ fusing the two streams pays. Ambiguous intervals carry a faint class signal.
 Window counts are exact: each split ends with filler videos sized to hit the target.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -238,6 +245,50 @@ def write_features(seeds, videos, starts, wvideos, p, dim, folder, layout, dtype
         packed.flush()
 
 
+# --- the field's layout (--layout i3d) ---
+
+I3D_JSON = os.path.join('annotations', 'thumos14.json')
+I3D_FEATURES = 'i3d_features'
+
+
+def i3d_features(seeds, video, streams, dim, dtype):
+    """[T, 2 dim]: the spatial stream's channels, then the temporal stream's, as the field's files.
+
+    T = (frame_num - 16) // 4 + 1 clips fit the video; step t sees frames 4t .. 4t + 15 and carries
+    the signal of the 4-frame step holding its centre, frame 4t + 8: step t + 2 of video_features."""
+    clips = (video['frame_num'] - 16) // load_data.FRAMES_PER_STEP + 1
+    parts = [video_features(np.random.default_rng(seeds[m]), video, streams[m], dim)[2:2 + clips]
+             for m in (1, 0)]   # streams[1] is the spatial (RGB) one, streams[0] the temporal (flow) one
+    return np.concatenate(parts, axis=1).astype(dtype)
+
+
+def i3d_database(videos):
+    """The JSON object of both splits: seconds at each video's fps; label_id the 0-based class index."""
+    database = {}
+    for split, subset in (('val', 'Validation'), ('test', 'Test')):
+        for v in sorted(videos[split], key=lambda v: v['name']):
+            rows = annotation_rows([v], diving_copies=split == 'test')
+            database[v['name']] = dict(subset=subset, duration=v['frame_num'] / v['fps'], fps=v['fps'], annotations=[
+                dict(label=r['type'], segment=[r['startFrame'] / v['fps'], r['endFrame'] / v['fps']],
+                     label_id=CLASS_IDS.index(r['type_idx'])) for r in rows])
+    return {'version': 'synthetic', 'database': database}
+
+
+def write_i3d(stage, videos, streams, feature_seqs, dim, dtype):
+    """DIR/annotations/thumos14.json and DIR/i3d_features/<video>.npy under the staging folder."""
+    os.makedirs(os.path.join(stage, 'annotations'))
+    with open(os.path.join(stage, I3D_JSON), 'w') as f:
+        json.dump(i3d_database(videos), f)
+    folder = os.path.join(stage, I3D_FEATURES)
+    os.makedirs(folder)
+    for k, split in enumerate(('val', 'test')):
+        seeds = [feature_seqs[2 * k + m].spawn(len(videos[split])) for m in (0, 1)]
+        for j, v in enumerate(videos[split]):
+            np.save(os.path.join(folder, f'{v["name"]}.npy'), i3d_features((seeds[0][j], seeds[1][j]), v, streams, dim,
+                                                                         dtype))
+    return ('annotations', I3D_FEATURES)
+
+
 # --- evaluation ground truth ---
 
 def write_eval_gt(folder, test_videos):
@@ -281,6 +332,12 @@ def make_synthetic(out, cfg, seed=0, size='demo', dim=None, train_windows=None, 
     os.makedirs(out, exist_ok=True)
     stage = tempfile.mkdtemp(prefix='.synthetic-', dir=out)
     try:
+        if layout == 'i3d':
+            _swap_in(out, stage, write_i3d(stage, videos, streams, feature_seqs, dim, dtype))
+            return dict(train_windows=window_count(videos['val'], True, cfg),
+                        test_windows=window_count(videos['test'], False, cfg), dim=2 * dim, layout=layout,
+                        dtype=dtype, val_videos=len(videos['val']), test_videos=len(videos['test']),
+                        instances={s: sum(len(v['instances']) for v in videos[s]) for s in videos})
         data_dir, feature_dir = os.path.join(stage, 'thumos14'), os.path.join(stage, 'feature')
         summary = {}
         for k, split in enumerate(('val', 'test')):
@@ -299,17 +356,21 @@ def make_synthetic(out, cfg, seed=0, size='demo', dim=None, train_windows=None, 
         write_eval_gt(os.path.join(data_dir, 'eval_annotation'), videos['test'])
         pd.DataFrame([(v['name'], v['fps']) for s in ('val', 'test') for v in videos[s]],
                      columns=['video', 'fps']).to_csv(os.path.join(data_dir, 'video_fps.csv'), index=False)
-        # Swap the finished folders in; an interrupted run leaves only the hidden staging folder.
-        for name in ('thumos14', 'feature'):
-            target = os.path.join(out, name)
-            if os.path.exists(target):
-                os.replace(target, os.path.join(stage, f'old-{name}'))
-            os.replace(os.path.join(stage, name), target)
+        _swap_in(out, stage, ('thumos14', 'feature'))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return dict(train_windows=summary['val'], test_windows=summary['test'], dim=dim, layout=layout, dtype=dtype,
                 val_videos=len(videos['val']), test_videos=len(videos['test']),
                 instances={s: sum(len(v['instances']) for v in videos[s]) for s in videos})
+
+
+def _swap_in(out, stage, names):
+    """Swap the finished folders in; an interrupted run leaves only the hidden staging folder."""
+    for name in names:
+        target = os.path.join(out, name)
+        if os.path.exists(target):
+            os.replace(target, os.path.join(stage, f'old-{name}'))
+        os.replace(os.path.join(stage, name), target)
 
 
 def main():
@@ -321,8 +382,9 @@ def main():
     parser.add_argument('--dim', type=int, default=None, help='feature dimension D (default by --size)')
     parser.add_argument('--train_windows', type=int, default=None, help='training windows (default by --size)')
     parser.add_argument('--test_windows', type=int, default=None, help='test windows (default by --size)')
-    parser.add_argument('--layout', choices=['window', 'packed', 'video'], default=None,
-                        help='window: 0.npy ... (released); packed: packed.npy; video: <video>.npy')
+    parser.add_argument('--layout', choices=['window', 'packed', 'video', 'i3d'], default=None,
+                        help='window: 0.npy ... (released); packed: packed.npy; video: <video>.npy; '
+                             'i3d: the field\'s JSON + <video>.npy [T, 2 D] (RGB then flow, 16-frame clips)')
     parser.add_argument('--dtype', choices=['float64', 'float32', 'float16'], default=None,
                         help='feature dtype on disk (default float64 per window as released, float16 packed for full)')
     parser.add_argument('--pretrain', default='synthetic', help='feature folder suffix <mode>DataX<pretrain>')
@@ -340,6 +402,11 @@ def main():
           f'{info["instances"]["val"]} instances), {info["test_windows"]} test windows ({info["test_videos"]} videos, '
           f'{info["instances"]["test"]} instances), D = {info["dim"]}, {info["layout"]} {info["dtype"]} features, '
           f'{time.time() - t:.1f} s')
+    if info['layout'] == 'i3d':
+        half = info['dim'] // 2
+        print(f'use: --data_source=i3d --i3d_annotation={args.out}/{I3D_JSON} '
+              f'--i3d_feature_dir={args.out}/{I3D_FEATURES} --i3d_spatial_channels=0,{half} --i3d_temporal_channels={half},{info["dim"]}')
+        return
     print(f'use: --data_dir={args.out}/thumos14 --feature_path={args.out}/feature '
           f'--eval_gt_dir={args.out}/thumos14/eval_annotation --pretrain={args.pretrain} '
           f'--fps_file={args.out}/thumos14/video_fps.csv')

@@ -25,8 +25,8 @@ def overrides(data):
             '--batch_size=16', '--learning_rates=' + ','.join(['1e-3'] * 14 + ['1e-4'] * 2), '--device=cpu']
 
 
-def run_sh(cwd, *args):
-    env = {**os.environ, 'PYTHON': sys.executable, 'CUDA_VISIBLE_DEVICES': ''}
+def run_sh(cwd, *args, env=None):
+    env = {**os.environ, 'PYTHON': sys.executable, 'CUDA_VISIBLE_DEVICES': '', **(env or {})}
     return subprocess.run(['bash', str(REPO / 'run.sh'), *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
@@ -44,6 +44,40 @@ def test_train_test_fuse_evaluate(synthetic, tmp_path):
     fused = json.loads((tmp_path / 'results' / 'eval_fuse_synthetic_decouple_ssad.json').read_text())
     # Chance is near 0 (20 classes, tIoU 0.5); the trained streams find most instances.
     assert fused['map'][fused['thresholds'].index(0.5)] > 0.2
+
+
+@pytest.fixture(scope='module')
+def synthetic_i3d(tmp_path_factory):
+    out = tmp_path_factory.mktemp('synthetic_i3d')
+    subprocess.run([sys.executable, str(REPO / 'data' / 'make_synthetic.py'), '--out', str(out), '--seed', '3',
+                    '--train_windows', '96', '--test_windows', '48', '--dim', '16', '--layout', 'i3d'],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_early_and_late_fusion_from_the_json_and_features_alone(synthetic_i3d, tmp_path):
+    """EARLY_FUSION=1 on the field's layout: three networks (flow, RGB, both concatenated), late
+    fusion, and a summary of the four variants under both metrics; the JSON is the fps table and
+    the ground truth."""
+    i3d = ['--data_source=i3d', f'--i3d_annotation={synthetic_i3d}/annotations/thumos14.json',
+           f'--i3d_feature_dir={synthetic_i3d}/i3d_features', '--i3d_spatial_channels=0,16',
+           '--i3d_temporal_channels=16,32']
+    proc = run_sh(tmp_path, 'train_test_fuse', 'I3D', 'decouple_ssad', *i3d, *overrides(synthetic_i3d)[3:],
+                  env={'EARLY_FUSION': '1'})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for mode in ('temporal', 'spatial', 'concat'):
+        assert (tmp_path / 'results' / f'result_{mode}_I3D_decouple_ssad.txt').stat().st_size > 0, mode
+    summary = proc.stdout[proc.stdout.index('run.sh: summary'):]
+    for label in ('late fusion', 'early fusion (concat)', 'RGB only (spatial)', 'flow only (temporal)',
+                  'kit avg 0.3:0.7', 'anet avg 0.3:0.7', 'annotation JSON'):
+        assert label in summary, summary
+    fused = json.loads((tmp_path / 'results' / 'eval_fuse_I3D_decouple_ssad.json').read_text())
+    assert fused['map'][fused['thresholds'].index(0.5)] > 0.2
+
+
+def test_early_fusion_switch_is_checked(tmp_path):
+    proc = run_sh(tmp_path, 'train', env={'EARLY_FUSION': 'yes'})
+    assert proc.returncode == 2 and 'EARLY_FUSION must be 0 or 1' in proc.stderr
 
 
 def test_a_failing_stream_stops_before_fusing(synthetic, tmp_path):
