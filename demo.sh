@@ -34,7 +34,5 @@ $PYTHON fig/plot_eval.py $fused results/result_temporal_synthetic_decouple_ssad.
 videos=$(cut -f1 $fused | sort -u | head -n 3)
 $PYTHON fig/visualize.py $fused --gt $DATA/thumos14/eval_annotation --videos $videos \
     --out fig/demo_timeline.png
-$PYTHON fig/diagnose.py $fused --gt $DATA/thumos14/eval_annotation --out results \
-    --video_info $DATA/thumos14/test/thumos14_test_annotation.csv --fps_file=$DATA/thumos14/video_fps.csv
 echo "demo: per-class AP plot in fig/demo_ap.png, detection timeline in fig/demo_timeline.png"
-echo "demo: error diagnosis (open in a browser) in $(pwd)/results/result_fuse_synthetic_decouple_ssad_diagnosis.html"
+echo "demo: error diagnosis (run.sh wrote it; open it in a browser): $(pwd)/results/result_fuse_synthetic_decouple_ssad_diagnosis.html"

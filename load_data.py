@@ -5,8 +5,8 @@ Everything the other stages read goes through here (docs/method.md §2, §3, §8
     anno = read_annotation(csv)                      # validated annotation rows
     starts, videos = make_windows(anno, 'val', cfg)  # method.md §3 sliding windows
     gt = make_gt(anno, starts, videos, cfg)          # boxes kept by the 0.9 rule
-    data = load_train_data(cfg)                      # features + dense padded ground truth
-    for idx in epoch_batches(len(data['starts']), cfg, epoch): ...
+    features = load_features(cfg, 'val', starts, videos)  # [W, 128, D] of a feature folder
+    for idx in epoch_batches(len(starts), cfg, epoch): ...
 
 Feature layouts under `<feature_path>/<split>/<mode>DataX<pretrain>/`, tried in this order:
   packed.npy      one [W, 128, D] array (float32 or float16), window i = row i; written by
@@ -15,7 +15,8 @@ Feature layouts under `<feature_path>/<split>/<mode>DataX<pretrain>/`, tried in 
   <video>.npy     one [T, D] file per video, one step per 4 frames; window at start frame s
                   is steps s // 4 .. s // 4 + 127, a short tail padded with the last step.
 Mode `concat` (early fusion) reads the spatial and the temporal folder and puts them side by side.
-With cfg.data_source = 'i3d' the field's JSON and <video>.npy folder are read instead (i3d.py, §15).
+The field's JSON and <video>.npy folder (cfg.data_source = 'i3d') are read by i3d.py, which builds on
+this module; dataset.py picks between the two for train.py and test.py.
 """
 import builtins
 import os
@@ -752,52 +753,6 @@ def check_windows_against_annotation(anno, anno_path, starts, videos, info_path,
         warn(f'{anno_path}: video: {len(missing)} annotated videos have no window in {info_path}: {_names(missing)}; '
              f'their {count} instances are ' + ('never trained on' if training else 'missed at evaluation')
              + '; regenerate the window list with data/gen_data_info.py if that is not intended')
-
-
-def _first_batch(cfg, w):
-    return np.arange(min(cfg.batch_size, w) if cfg.small_num_data_for_test else w)
-
-
-def _source(cfg):
-    """(training ground truth, test windows, feature reader) of cfg.data_source."""
-    if cfg.data_source == 'i3d':
-        import i3d   # imported here: i3d.py builds on this module
-        return i3d.load_train_gt, i3d.test_windows, i3d.load_features
-    return load_train_gt, None, load_features
-
-
-def load_train_data(cfg, mode=None):
-    """dict(features [W,128,D], gt_label [W,Mmax], gt_box [W,Mmax,2], gt_valid [W,Mmax], starts, videos)."""
-    train_gt, _, read_features = _source(cfg)
-    gt = train_gt(cfg)
-    keep = _first_batch(cfg, len(gt['start']))
-    features = read_features(cfg, cfg.train_split_set, gt['start'], gt['video'], mode, indices=keep)
-    gt_label, gt_box, gt_valid = pad_gt(gt)
-    return dict(features=features, gt_label=gt_label[keep], gt_box=gt_box[keep], gt_valid=gt_valid[keep],
-                starts=gt['start'][keep], videos=gt['video'][keep])
-
-
-def load_test_data(cfg, mode=None, windows=None, features=None):
-    """dict(features [W,128,D], starts, videos) of the test split.
-
-    `windows` overrides `<data_dir>/<test split>/window_info.log` (with data_source=i3d: the
-    §3 windows of the JSON's test videos), `features` the feature folder."""
-    _, test_windows, read_features = _source(cfg)
-    if windows is None and test_windows is None:
-        windows = os.path.join(_split_dir(cfg, cfg.test_split_set), 'window_info.log')
-    starts, videos = read_window_info(windows) if windows else test_windows(cfg)
-    anno_path = get_anno_path(cfg, cfg.test_split_set)
-    if cfg.data_source == 'release' and os.path.isfile(anno_path):
-        # not needed to test; when there, the window list must fit it
-        try:
-            anno = read_annotation(anno_path)
-        except ValueError as err:
-            warn(f'cannot check the window list {windows} against the test annotation: {err}')
-        else:
-            check_windows_against_annotation(anno, anno_path, starts, videos, windows, False, cfg)
-    keep = _first_batch(cfg, len(starts))
-    feats = read_features(cfg, cfg.test_split_set, starts, videos, mode, indices=keep, folder=features)
-    return dict(features=feats, starts=starts[keep], videos=videos[keep])
 
 
 # --- batches ---

@@ -119,6 +119,9 @@ if [[ $stage == fuse || $stage == train_test_fuse ]]; then
     fi
     echo "run.sh: two-stream fusion, $fused:"
     $PYTHON "$here/evaluate.py" "$fused" --json "$results/eval_fuse_${pretrain}_${method}.json" "${overrides[@]}" || exit 1
+    report="$results/result_fuse_${pretrain}_${method}_diagnosis.html"
+    $PYTHON "$here/fig/diagnose.py" "$fused" --out "$results" "${overrides[@]}" || exit 1
+    echo "run.sh: error diagnosis of the fusion (open it in a browser): $report"
     # The summary: every variant that has a result, under the kit metric and the ActivityNet one.
     files=("$fused"); labels=("late fusion")
     [[ ${modes[*]} == *concat* && -f $concat ]] && { files+=("$concat"); labels+=("early fusion (concat)"); }

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 import config as C
+import dataset
 import load_data
 import postprocess
 import thumos14
@@ -132,7 +133,7 @@ def load_windows_and_features(cfg, features=None, windows=None):
         return dict(features=packed, starts=starts, videos=videos)
     if features is not None and not os.path.isdir(features):
         raise ValueError(f'features {features} not found (a feature folder or a packed .npy file)')
-    return load_data.load_test_data(cfg, windows=windows, features=features)
+    return dataset.load_test_data(cfg, windows=windows, features=features)
 
 
 def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=None, result_path=None, log=print):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import config as C
+import dataset
 import evaluate
 import fuse
 import load_data
@@ -215,7 +216,7 @@ def test_test_window_list_checked_against_annotation(tmp_path):
         np.save(folder / f'{i}.npy', np.zeros((128, 4), np.float32))
     cfg = C.Config(data_dir=str(tmp_path), feature_path=str(tmp_path / 'feat'), pretrain='x', mode='temporal')
     with pytest.warns(thumos14.InputWarning) as record:
-        load_data.load_test_data(cfg)
+        dataset.load_test_data(cfg)
     text = [str(w.message) for w in record]
     assert any('window_info.log:2: video: b is not in' in m for m in text), text
     assert any('annotated videos have no window' in m and ': c;' in m for m in text), text

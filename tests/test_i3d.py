@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import config
+import dataset
 import evaluate
 import i3d
 import load_data
@@ -103,7 +104,7 @@ def test_json_reader_splits_frames_and_fps(small):
 def test_windows_and_steps_read(small):
     root, db, feats = small
     cfg = i3d_config(root, mode='spatial')
-    data = load_data.load_test_data(cfg)
+    data = dataset.load_test_data(cfg)
     # 48 s at 25 fps = 1200 frames: §3 test windows at 0, 256, 512 and the end-aligned one at 1200 - 9 - 512.
     assert data['starts'].tolist() == [0, 256, 512, 679] and set(data['videos']) == {'video_test_1'}
     x = data['features']
@@ -111,7 +112,7 @@ def test_windows_and_steps_read(small):
     t = len(feats['video_test_1'])
     expected = np.clip(i3d.window_steps(data['starts'], 128), 0, t - 1)   # head and tail repeat the end steps
     assert np.array_equal(x[..., 0], expected) and x[0, :3, 0].tolist() == [0, 0, 0]
-    train = load_data.load_train_data(cfg)
+    train = dataset.load_train_data(cfg)
     assert train['features'].shape[2] == DIM and train['gt_valid'].any(1).all()   # every window keeps a box
     assert set(train['videos']) == {'video_validation_1', 'video_validation_2'}
 
@@ -119,7 +120,7 @@ def test_windows_and_steps_read(small):
 @pytest.mark.parametrize('mode, sign, width', [('spatial', 1, DIM), ('temporal', -1, DIM), ('concat', None, 2 * DIM)])
 def test_stream_split(small, mode, sign, width):
     root, _, _ = small
-    x = load_data.load_test_data(i3d_config(root, mode=mode))['features']
+    x = dataset.load_test_data(i3d_config(root, mode=mode))['features']
     assert x.shape[2] == width
     if sign is None:   # early fusion: RGB channels, then flow channels, i.e. the file's row
         assert np.array_equal(x[..., :DIM], -x[..., DIM:]) and x.max() > 0
@@ -131,7 +132,7 @@ def test_channels_are_configurable(small):
     root, _, _ = small
     cfg = i3d_config(root, mode='spatial')
     cfg.i3d_spatial_channels, cfg.i3d_temporal_channels = (DIM, 2 * DIM), (0, DIM)   # flow stored first
-    x = load_data.load_test_data(cfg)['features']
+    x = dataset.load_test_data(cfg)['features']
     assert x.max() == 0 and x.min() < 0
 
 
@@ -147,7 +148,7 @@ def test_a_planted_instance_is_found_at_its_time_in_seconds(tmp_path):
     a[(centre >= start_s * fps) & (centre < end_s * fps)] = 1.0
     write_dataset(tmp_path, {'video_test_9': video('Test', 60.0, fps, [('HighJump', start_s, end_s)])},
                   {'video_test_9': a})
-    data = load_data.load_test_data(i3d_config(tmp_path, mode='concat'))
+    data = dataset.load_test_data(i3d_config(tmp_path, mode='concat'))
     w, j = np.nonzero(data['features'][..., 0] > 0)
     assert len(w)
     lo = (data['starts'][w] + 4 * j).min() / fps

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import build_config
-from data.make_synthetic import make_synthetic
+import dataset
 import load_data
 import thumos14
+from data.make_synthetic import make_synthetic
 from thumos14 import CLASS_NAMES, CLASS_REAL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,14 +100,14 @@ def test_annotations_windows_and_eval_gt_agree(small):
 def test_loaders_read_it(small):
     root, _ = small
     for mode in ('temporal', 'spatial'):
-        train = load_data.load_train_data(cfg_for(root, mode=mode))
+        train = dataset.load_train_data(cfg_for(root, mode=mode))
         assert train['features'].shape == (200, 128, 16) and train['features'].dtype == np.float32
         assert train['gt_valid'].any(1).all()                               # every training window has a box
-        test = load_data.load_test_data(cfg_for(root, mode=mode))
+        test = dataset.load_test_data(cfg_for(root, mode=mode))
         assert test['features'].shape == (150, 128, 16)
     small_cfg = cfg_for(root, small_num_data_for_test=True, batch_size=8)
-    assert load_data.load_train_data(small_cfg)['features'].shape[0] == 8
-    assert load_data.load_test_data(small_cfg)['features'].shape[0] == 8
+    assert dataset.load_train_data(small_cfg)['features'].shape[0] == 8
+    assert dataset.load_test_data(small_cfg)['features'].shape[0] == 8
 
 
 def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
@@ -117,13 +118,13 @@ def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
     assert digest(root / 'thumos14') != digest(tmp_path / 'other/thumos14')
     # the same seed in the packed and per-video layouts gives the same window features
     cfg = cfg_for(root)
-    ref = load_data.load_test_data(cfg)['features']
+    ref = dataset.load_test_data(cfg)['features']
     for layout in ('packed', 'video'):
         out = tmp_path / layout
         make_synthetic(str(out), make_config(), seed=3, layout=layout, dtype='float32', **SMALL)
         folder = out / 'feature/test/temporalDataXsynthetic'
         assert load_data.feature_layout(str(folder)) == layout
-        np.testing.assert_allclose(load_data.load_test_data(cfg_for(out))['features'], ref, rtol=1e-6)
+        np.testing.assert_allclose(dataset.load_test_data(cfg_for(out))['features'], ref, rtol=1e-6)
     # rewriting a folder replaces the dataset
     make_synthetic(str(tmp_path / 'again'), make_config(), seed=4, **SMALL)
     assert digest(tmp_path / 'again/thumos14') == digest(tmp_path / 'other/thumos14')

@@ -82,40 +82,6 @@ def test_writer_edge_cases_keep_the_plain_bytes(tmp_path):
     assert P._predictions_arrow_table(cases['comma in a name']) is None   # left to the plain writer
 
 
-def test_arrow_reader_equals_pandas_reader(tmp_path, shared):
-    for path in (shared / 'reference' / 'predict_temporal.csv', tmp_path / 'r.csv'):
-        if path.name == 'r.csv':
-            P.write_predictions(str(path), random_table(2000, seed=4, anchors=5))
-        fast = P._read_predictions_arrow(str(path))
-        assert fast is not None
-        pd.testing.assert_frame_equal(fast, P._read_predictions_pandas(str(path)))
-
-
-@pytest.mark.parametrize('edit', [
-    lambda t: t.replace('\n', '\n\n', 3),                           # a blank line
-    lambda t: t.replace('video_test_0001207', 'NA', 1),               # a name pandas reads as NaN
-    lambda t: t.replace('video_test_0001207', ' ', 1),                # a blank name
-    lambda t: t.replace(',0.', ',inf,', 1)[:-1],                      # inf, and a field too many
-    lambda t: t.replace(',score_20', ',conf', 1),                     # a duplicated column
-    lambda t: t.replace('video_test_0001207', '12').replace('video_test_0000004', '7').replace('v 3', '0123'),
-    lambda t: t.replace(',256,', ',256.5,', 1),                       # a start that is not a frame
-    lambda t: t.replace(',256,', ',256.0,'),                          # starts written as floats: legal
-    lambda t: t + 'video_test_0001207,0\n',                           # a short line
-])
-def test_unusual_files_read_as_pandas_reads_them(tmp_path, edit):
-    path = tmp_path / 'p.csv'
-    P.write_predictions(str(path), random_table(60, anchors=3))
-    path.write_text(edit(path.read_text()))
-    try:
-        expected = P._read_predictions_pandas(str(path))
-    except ValueError as err:
-        with pytest.raises(ValueError) as got:
-            P.read_predictions(str(path))
-        assert str(got.value) == str(err)
-    else:
-        pd.testing.assert_frame_equal(P.read_predictions(str(path)), expected)
-
-
 # ----------------------------------------------------------------------------- the sweep NMS
 
 def rounds(group, start, end, threshold):

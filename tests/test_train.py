@@ -14,6 +14,7 @@ import torch
 
 import checkpoints
 import config
+import dataset
 from conftest import TINY, TINY_RUN
 import load_data
 import train
@@ -155,7 +156,7 @@ def test_empty_training_set(tmp_path, make_config):
 
 
 def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys, make_config):
-    monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: make_data(num_windows=3))
+    monkeypatch.setattr(dataset, 'load_train_data', lambda cfg: make_data(num_windows=3))
     cfg = make_config(TINY_RUN, root=tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
     argv = ['train.py', '--mode', 'spatial', '--pretrain', 'tiny', '--method', 'main_stream', '--device=cpu',
             '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
