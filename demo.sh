@@ -4,7 +4,7 @@
 #
 #   bash demo.sh [--key=value ...]     # extra config overrides go to every stage
 #
-# About 3 minutes on 2 CPU cores. Outputs: models/, results/, logs/ (runs named
+# About 2 minutes on 2 CPU cores. Outputs: models/, results/, logs/ (runs named
 # <mode>_synthetic_decouple_ssad), fig/demo_ap.png, fig/demo_timeline.png and the
 # error diagnosis of the fused result, results/result_fuse_synthetic_decouple_ssad_diagnosis.html.
 set -euo pipefail
