@@ -21,6 +21,7 @@ import numpy as np
 
 import config as C
 import postprocess as P
+import predictions
 import thumos14
 
 
@@ -148,13 +149,13 @@ def main():
                 pred = synthetic_predictions(args.windows, args.videos, args.foreground, seed=cfg.seed)
             path = args.write or os.path.join(tmp, 'predict.csv')
             t0 = time.perf_counter()
-            P.write_predictions(path, P.predictions_frame(pred, anchors_per_window=140))
+            predictions.write_predictions(path, predictions.predictions_frame(pred, anchors_per_window=140))
             print(f'write predictions CSV ({os.path.getsize(path) / 1e6:.0f} MB): {time.perf_counter() - t0:.2f} s')
             if args.write:
                 print(f'wrote {path}')
                 return
         t0 = time.perf_counter()
-        frame = P.read_predictions(path)
+        frame = predictions.read_predictions(path)
         print(f'read and validate: {time.perf_counter() - t0:.2f} s')
     det, total, nms, fmt, size = time_stages(frame, cfg, fps_of, args.repeat)
     kept = ((frame.score_0 < cfg.filter_neg_threshold) & (frame.conf > cfg.filter_conf_threshold)).sum()

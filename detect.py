@@ -30,6 +30,7 @@ import config as C
 import load_data
 import operations
 import postprocess
+import predictions
 import thumos14
 from config import Config, apply_overrides, parse_config
 from data import extract_features as ef
@@ -103,7 +104,7 @@ def detect(runs, cfg, name, vinfo, feat_root, pretrain, out):
         feats = load_data.load_features(scfg, SPLIT, starts, videos, mode=mode,
                                         folder=thumos14.feature_folder(feat_root, SPLIT, mode, pretrain))
         preds[mode] = predict_windows(model, feats, starts, videos, scfg)
-        postprocess.write_predictions(os.path.join(out, f'predict_{mode}.csv'), preds[mode])
+        predictions.write_predictions(os.path.join(out, f'predict_{mode}.csv'), preds[mode])
         print(f'{mode}: {len(starts)} windows predicted with {ckpt_path}')
     fps_of = {name: vinfo['fps']}
     if len(preds) == 2:

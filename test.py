@@ -22,6 +22,7 @@ import config as C
 import dataset
 import load_data
 import postprocess
+import predictions
 import thumos14
 from fileio import check_writable
 
@@ -91,7 +92,7 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
     # float32 like the release, then the integer window start added in float64.
     xmin = np.maximum(out[..., k + 1] * size, np.float32(0)).astype(np.float64) + starts[:, None]
     xmax = np.minimum(out[..., k + 2] * size, size).astype(np.float64) + starts[:, None]
-    return postprocess.predictions_frame(dict(
+    return predictions.predictions_frame(dict(
         video_name=np.repeat(videos, a), start=np.repeat(starts, a),
         conf=out[..., k].reshape(-1).astype(np.float64), xmin=xmin.reshape(-1), xmax=xmax.reshape(-1),
         scores=out[..., :k].reshape(w * a, k).astype(np.float64)), anchors_per_window=a)
@@ -181,7 +182,7 @@ def write_outputs(predict_path, pred, result_path, det):
     except OSError as err:
         raise ValueError(f'cannot replace {result_path}: {err.strerror or err}') from None
     try:
-        postprocess.write_predictions(predict_path, pred)
+        predictions.write_predictions(predict_path, pred)
     except ValueError as err:
         raise ValueError(f'{err}; the old {result_path} was removed, as it would not match') from None
     try:

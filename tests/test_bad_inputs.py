@@ -14,6 +14,7 @@ import evaluate
 import fuse
 import load_data
 import postprocess as P
+import predictions
 import thumos14
 
 HEADER = 'video,type,type_idx,startFrame,endFrame,frame_num\n'
@@ -37,7 +38,7 @@ def stream(seed, videos=('video_test_0000004', 'video_test_0001207'), per=70, an
     arrays = dict(video_name=np.repeat(np.array(videos, dtype=object), 2 * per), start=start,
                   conf=rng.uniform(0, 1, n), xmin=xmin, xmax=xmin + rng.uniform(5, 100, n),
                   scores=rng.dirichlet(np.full(21, 0.5), n))
-    return P.predictions_frame(arrays, anchors_per_window=per if anchors else None)
+    return predictions.predictions_frame(arrays, anchors_per_window=per if anchors else None)
 
 
 def shuffle_inside_windows(df, seed=0):
@@ -50,22 +51,22 @@ def shuffle_inside_windows(df, seed=0):
 
 def test_anchor_column_written_last_and_read_back(tmp_path):
     t = stream(0)
-    assert list(t.columns) == P.PRED_COLUMNS + ['anchor'] and t['anchor'].tolist()[:3] == [0, 1, 2]
-    P.write_predictions(str(tmp_path / 't.csv'), t)
+    assert list(t.columns) == predictions.PRED_COLUMNS + ['anchor'] and t['anchor'].tolist()[:3] == [0, 1, 2]
+    predictions.write_predictions(str(tmp_path / 't.csv'), t)
     text = (tmp_path / 't.csv').read_text().splitlines()
-    assert text[0] == ','.join(P.PRED_COLUMNS) + ',anchor' and text[2].endswith(',1')
-    back = P.read_predictions(str(tmp_path / 't.csv'))
+    assert text[0] == ','.join(predictions.PRED_COLUMNS) + ',anchor' and text[2].endswith(',1')
+    back = predictions.read_predictions(str(tmp_path / 't.csv'))
     pd.testing.assert_frame_equal(back, t)
     # without the column, the method.md §2 columns are the same bytes
-    P.write_predictions(str(tmp_path / 'plain.csv'), t[P.PRED_COLUMNS])
+    predictions.write_predictions(str(tmp_path / 'plain.csv'), t[predictions.PRED_COLUMNS])
     plain = (tmp_path / 'plain.csv').read_text().splitlines()
     assert [line.rsplit(',', 1)[0] for line in text] == plain
 
 
 def test_reordered_anchors_refused_with_anchor_column(tmp_path):
     t, s = stream(0), shuffle_inside_windows(stream(1))
-    P.write_predictions(str(tmp_path / 't.csv'), t)
-    P.write_predictions(str(tmp_path / 's.csv'), s)
+    predictions.write_predictions(str(tmp_path / 't.csv'), t)
+    predictions.write_predictions(str(tmp_path / 's.csv'), s)
     with pytest.raises(ValueError, match=r's\.csv:2: anchor: \d+, but .*t\.csv:2 has anchor 0'):
         P.fuse_files(str(tmp_path / 't.csv'), str(tmp_path / 's.csv'), str(tmp_path / 'f.txt'), C.Config(),
                      thumos14.video_fps())
@@ -80,7 +81,7 @@ def test_aligned_anchor_columns_fuse_without_warning():
     with no_warnings():
         fused = P.fuse_predictions(t, s, C.Config())
     assert fused['anchor'].tolist() == t['anchor'].tolist()
-    cols = ['conf', 'xmin', 'xmax'] + P.SCORE_COLUMNS
+    cols = ['conf', 'xmin', 'xmax'] + predictions.SCORE_COLUMNS
     np.testing.assert_array_equal(fused[cols].to_numpy(), t[cols].to_numpy() * 2 / 3 + s[cols].to_numpy() / 3)
 
 
@@ -88,9 +89,9 @@ def test_aligned_anchor_columns_fuse_without_warning():
 def test_missing_anchor_column_warns(which):
     t, s = stream(0), shuffle_inside_windows(stream(1))
     if 'temporal' in which:
-        t = t[P.PRED_COLUMNS]
+        t = t[predictions.PRED_COLUMNS]
     if 'spatial' in which:
-        s = s[P.PRED_COLUMNS]
+        s = s[predictions.PRED_COLUMNS]
     with pytest.warns(thumos14.InputWarning, match=f'^{which}: no anchor column: cannot verify'):
         P.fuse_predictions(t, s, C.Config())
 
@@ -116,10 +117,10 @@ def test_window_twice_in_a_row_is_fine_without_anchor_column():
 def test_window_appearing_twice_apart_warns(tmp_path):
     t = stream(0)
     twice = pd.concat([t, t.iloc[:70]], ignore_index=True)
-    P.write_predictions(str(tmp_path / 'p.csv'), twice)
+    predictions.write_predictions(str(tmp_path / 'p.csv'), twice)
     with pytest.warns(thumos14.InputWarning, match=r'p\.csv:282: video_name, start: window '
                                                    r'\(video_test_0000004, 0\) appears again.*line 2'):
-        P.read_predictions(str(tmp_path / 'p.csv'))
+        predictions.read_predictions(str(tmp_path / 'p.csv'))
 
 
 @pytest.mark.parametrize('stream_name', ['t.csv', 's.csv'])
@@ -132,12 +133,12 @@ def test_nan_in_one_stream_refused(stream_name):
 
 def test_bad_anchor_value_names_line(tmp_path):
     t = stream(0)
-    P.write_predictions(str(tmp_path / 'p.csv'), t)
+    predictions.write_predictions(str(tmp_path / 'p.csv'), t)
     lines = (tmp_path / 'p.csv').read_text().splitlines()
     lines[5] = lines[5].rsplit(',', 1)[0] + ',-1'
     (tmp_path / 'p.csv').write_text('\n'.join(lines) + '\n')
     with pytest.raises(ValueError, match=r'p\.csv, line 6: column anchor'):
-        P.read_predictions(str(tmp_path / 'p.csv'))
+        predictions.read_predictions(str(tmp_path / 'p.csv'))
 
 
 # ----------------------------------------------------------------------------- annotations and window lists
@@ -168,7 +169,7 @@ def test_duplicate_annotation_rows_warn(tmp_path):
 ])
 @pytest.mark.parametrize('reader, text', [
     (load_data.read_annotation, HEADER + 'v,Diving,26,10,50,900\n'),
-    (P.read_predictions, ','.join(P.PRED_COLUMNS) + '\nv,0,0.5,1,2' + ',0.0' * 21 + '\n'),
+    (predictions.read_predictions, ','.join(predictions.PRED_COLUMNS) + '\nv,0,0.5,1,2' + ',0.0' * 21 + '\n'),
     (thumos14.read_results, 'video_test_0000004\t1.0\t2.0\t7\t0.5\n'),
     (load_data.read_window_info, '0, video_test_0000004\n'),
 ])

@@ -13,6 +13,7 @@ import config as C  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 import detect  # noqa: E402
 import postprocess  # noqa: E402
+import predictions  # noqa: E402
 import thumos14  # noqa: E402
 
 torch.set_num_threads(2)
@@ -66,7 +67,7 @@ def test_two_streams_end_to_end(video, checkpoints, tmp_path, make_config):
 
     info = pd.read_csv(out / 'features' / 'detect' / 'video_info.csv')
     assert info.video.tolist() == ['my_clip'] and info.frame_num[0] == 150 and info.steps[0] == 150 // 4
-    preds = {m: postprocess.read_predictions(out / f'predict_{m}.csv') for m in ('temporal', 'spatial')}
+    preds = {m: predictions.read_predictions(out / f'predict_{m}.csv') for m in ('temporal', 'spatial')}
     anchors = sum(C.Config().num_anchors) * len(C.Config().aspect_ratios)
     for p in preds.values():   # a 150-frame video: one (padded) test window at frame 0
         assert len(p) == anchors and set(p.start) == {0} and set(p.video_name) == {'my_clip'}

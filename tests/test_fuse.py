@@ -6,6 +6,7 @@ import pytest
 import config as C
 import fuse
 import postprocess as P
+import predictions
 import thumos14
 
 FPS = thumos14.video_fps()
@@ -21,13 +22,13 @@ def stream(seed, n=280, videos=('video_test_0000004', 'video_test_0001207')):
     scores = rng.dirichlet(np.full(21, 0.5), n)
     df = pd.DataFrame(dict(video_name=video, start=start, conf=rng.uniform(0, 1, n),
                            xmin=xmin + start, xmax=xmin + rng.uniform(5, 100, n) + start))
-    return pd.concat([df, pd.DataFrame(scores, columns=P.SCORE_COLUMNS)], axis=1)
+    return pd.concat([df, pd.DataFrame(scores, columns=predictions.SCORE_COLUMNS)], axis=1)
 
 
 def test_weights_default_is_release_two_thirds():
     t, s = stream(0), stream(1)
     fused = P.fuse_predictions(t, s, C.Config())
-    cols = ['conf', 'xmin', 'xmax'] + P.SCORE_COLUMNS
+    cols = ['conf', 'xmin', 'xmax'] + predictions.SCORE_COLUMNS
     # Bit for bit the release's t * 2 / 3 + s * 1 / 3.
     np.testing.assert_array_equal(fused[cols].to_numpy(), t[cols].to_numpy() * 2 / 3 + s[cols].to_numpy() * 1 / 3)
     assert list(fused['video_name']) == list(t['video_name']) and list(fused['start']) == list(t['start'])
@@ -70,8 +71,8 @@ def test_fused_filter_and_then_single_stream_filters(make_config):
 
 def test_fuse_files_and_cli(tmp_path, make_config):
     t, s = stream(0), stream(1)
-    P.write_predictions(str(tmp_path / 't.csv'), t)
-    P.write_predictions(str(tmp_path / 's.csv'), s)
+    predictions.write_predictions(str(tmp_path / 't.csv'), t)
+    predictions.write_predictions(str(tmp_path / 's.csv'), s)
     out = tmp_path / 'fused.txt'
     fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'), '--out', str(out)])
     cfg = make_config()
@@ -81,8 +82,8 @@ def test_fuse_files_and_cli(tmp_path, make_config):
 
 def test_cli_default_paths_and_overrides(tmp_path, monkeypatch, make_config):
     monkeypatch.chdir(tmp_path)
-    P.write_predictions('results/predict_temporal_X_main_stream.csv', stream(0))
-    P.write_predictions('results/predict_spatial_X_main_stream.csv', stream(1))
+    predictions.write_predictions('results/predict_temporal_X_main_stream.csv', stream(0))
+    predictions.write_predictions('results/predict_spatial_X_main_stream.csv', stream(1))
     fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--fuse_temporal_weight=0.5'])
     cfg = make_config(fuse_temporal_weight=0.5)
     expected = P.post_process(P.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True, fps_of=FPS)
@@ -94,8 +95,8 @@ def test_cli_default_paths_and_overrides(tmp_path, monkeypatch, make_config):
 def test_cli_misaligned_writes_nothing(tmp_path):
     t, s = stream(0), stream(1)
     s = s.iloc[::-1].reset_index(drop=True)
-    P.write_predictions(str(tmp_path / 't.csv'), t)
-    P.write_predictions(str(tmp_path / 's.csv'), s)
+    predictions.write_predictions(str(tmp_path / 't.csv'), t)
+    predictions.write_predictions(str(tmp_path / 's.csv'), s)
     out = tmp_path / 'fused.txt'
     with pytest.raises(SystemExit, match=r'do not align at row 0 \(line 2\)'):
         fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'), '--out', str(out)])

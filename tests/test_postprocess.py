@@ -7,6 +7,7 @@ import pytest
 
 import config as C
 import postprocess as P
+import predictions
 import thumos14
 
 FPS = thumos14.video_fps()  # the built-in THUMOS14 frame rates
@@ -22,7 +23,7 @@ def table(rows):
         out.append(dict(video_name=r.get('video', 'video_test_0000004'), start=r.get('start', 0),
                         conf=r.get('conf', 0.5), xmin=r['xmin'], xmax=r['xmax'],
                         **{f'score_{k}': scores[k] for k in range(21)}))
-    return pd.DataFrame(out, columns=P.PRED_COLUMNS)
+    return pd.DataFrame(out, columns=predictions.PRED_COLUMNS)
 
 
 def lines(det):
@@ -81,7 +82,7 @@ def default_fps(video):
 
 def test_reproduces_reference_result_file(shared):
     ref = shared / 'reference'
-    pred = P.read_predictions(str(ref / 'predict_temporal.csv'))
+    pred = predictions.read_predictions(str(ref / 'predict_temporal.csv'))
     det = P.post_process(pred, C.Config(), fps_of=FPS)
     expected = sorted((ref / 'result_temporal.txt').read_text().splitlines())
     assert len(expected) > 1000
@@ -100,7 +101,7 @@ def test_result_file_written_atomically_in_thumos_format(shared, tmp_path):
 
 
 def test_matches_plain_reference_on_reference_subset(shared):
-    pred = P.read_predictions(str(shared / 'reference' / 'predict_temporal.csv')).iloc[::7]
+    pred = predictions.read_predictions(str(shared / 'reference' / 'predict_temporal.csv')).iloc[::7]
     cfg = C.Config()
     assert lines(P.post_process(pred, cfg, fps_of=FPS)) == reference_post_process(pred, cfg, default_fps)
 
@@ -230,7 +231,7 @@ def test_random_predictions_match_plain_reference():
     xmax = np.minimum(xmin + rng.choice([0.0, 16, 64, 200], n), 512)
     df = pd.DataFrame(dict(video_name=rng.choice(['video_test_0001207', 'video_test_0000051', 'video_test_0001255'], n),
                            start=start, conf=rng.uniform(-0.2, 1.2, n), xmin=xmin + start, xmax=xmax + start))
-    df = pd.concat([df, pd.DataFrame(scores, columns=P.SCORE_COLUMNS)], axis=1)
+    df = pd.concat([df, pd.DataFrame(scores, columns=predictions.SCORE_COLUMNS)], axis=1)
     cfg = C.Config()
     assert lines(P.post_process(df, cfg, fps_of=FPS)) == reference_post_process(df, cfg, default_fps)
 
@@ -238,12 +239,12 @@ def test_random_predictions_match_plain_reference():
 # ----------------------------------------------------------------------------- predictions CSV
 
 def test_predictions_csv_round_trip_exact(tmp_path, shared):
-    pred = P.read_predictions(str(shared / 'reference' / 'predict_temporal.csv'))
+    pred = predictions.read_predictions(str(shared / 'reference' / 'predict_temporal.csv'))
     path = tmp_path / 'p.csv'
-    P.write_predictions(str(path), pred)
-    back = P.read_predictions(str(path))
+    predictions.write_predictions(str(path), pred)
+    back = predictions.read_predictions(str(path))
     pd.testing.assert_frame_equal(back, pred)
-    assert path.read_text().splitlines()[0] == ','.join(P.PRED_COLUMNS)
+    assert path.read_text().splitlines()[0] == ','.join(predictions.PRED_COLUMNS)
 
 
 @pytest.mark.parametrize('edit, message', [
@@ -258,7 +259,7 @@ def test_bad_predictions_name_file_and_line(tmp_path, edit, message):
     path = tmp_path / 'bad.csv'
     path.write_text(edit(df.to_csv(index=False)))
     with pytest.raises(ValueError, match=message) as err:
-        P.read_predictions(str(path))
+        predictions.read_predictions(str(path))
     assert str(path) in str(err.value)
 
 
@@ -273,11 +274,11 @@ def _replace_field(text, line, column, value):
 
 def test_missing_predictions_file(tmp_path):
     with pytest.raises(ValueError, match='not found'):
-        P.read_predictions(str(tmp_path / 'nope.csv'))
+        predictions.read_predictions(str(tmp_path / 'nope.csv'))
 
 
 def test_predictions_file_round_trips_byte_for_byte(shared, tmp_path):
     # The writer reproduces what the release's pandas wrote, byte for byte.
     source = shared / 'reference' / 'predict_temporal.csv'
-    P.write_predictions(str(tmp_path / 'p.csv'), P.read_predictions(str(source)))
+    predictions.write_predictions(str(tmp_path / 'p.csv'), predictions.read_predictions(str(source)))
     assert (tmp_path / 'p.csv').read_bytes() == source.read_bytes()

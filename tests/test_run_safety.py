@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import convert_tf_checkpoint as convert
 import fileio
 import load_data
 import postprocess
+import predictions
 import test as T
 import thumos14
 import train
@@ -318,7 +318,7 @@ def test_a_full_disk_between_the_two_outputs_never_leaves_a_mismatched_pair(test
     T.run_test(cfg, first, packed, windows, **quiet)
     predict_path, result_path = config.get_predict_result_path(cfg), config.get_result_path(cfg)
     old_predictions = open(predict_path).read()
-    disk_fills_after(postprocess, 'write_predictions', 'result_', monkeypatch)
+    disk_fills_after(predictions, 'write_predictions', 'result_', monkeypatch)
     with pytest.raises(ValueError, match='No space left on device') as err:
         T.run_test(cfg, second, packed, windows, **quiet)
     assert result_path in str(err.value)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import postprocess as P
+import predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def random_values(n, seed=0):
 
 @pytest.mark.parametrize('values', [edge_values(), random_values(40000)], ids=['edges', 'random'])
 def test_float_text_is_repr(values):
-    assert P.float_text(values).to_pylist() == [repr(v) for v in values.tolist()]
+    assert predictions.float_text(values).to_pylist() == [repr(v) for v in values.tolist()]
 
 
 def random_table(n, seed=0, anchors=None):
@@ -51,22 +52,22 @@ def random_table(n, seed=0, anchors=None):
     # Rows sorted by window, as test.py writes them (a window apart from its rows is warned about).
     order = np.lexsort((arrays['start'], arrays['video_name'].astype(str)))
     arrays = {k: v[order] for k, v in arrays.items()}
-    return P.predictions_frame(arrays, anchors_per_window=anchors)
+    return predictions.predictions_frame(arrays, anchors_per_window=anchors)
 
 
 def plain_bytes(tmp_path, df):
     header = ','.join(list(df.columns))
-    P._write_predictions_text(str(tmp_path / 'plain.csv'), df, header)
+    predictions._write_predictions_text(str(tmp_path / 'plain.csv'), df, header)
     return (tmp_path / 'plain.csv').read_bytes()
 
 
 @pytest.mark.parametrize('anchors', [None, 7])
 def test_arrow_writer_gives_the_plain_writers_bytes(tmp_path, anchors):
     df = random_table(7 * 300, anchors=anchors)
-    assert P._predictions_arrow_table(df) is not None  # the pyarrow path is the one tested
-    P.write_predictions(str(tmp_path / 'p.csv'), df)
+    assert predictions._predictions_arrow_table(df) is not None  # the pyarrow path is the one tested
+    predictions.write_predictions(str(tmp_path / 'p.csv'), df)
     assert (tmp_path / 'p.csv').read_bytes() == plain_bytes(tmp_path, df)
-    pd.testing.assert_frame_equal(P.read_predictions(str(tmp_path / 'p.csv')), df)
+    pd.testing.assert_frame_equal(predictions.read_predictions(str(tmp_path / 'p.csv')), df)
 
 
 def test_writer_edge_cases_keep_the_plain_bytes(tmp_path):
@@ -77,9 +78,9 @@ def test_writer_edge_cases_keep_the_plain_bytes(tmp_path):
              'extreme floats': df.assign(conf=np.resize(edge_values()[np.isfinite(edge_values())], len(df)))}
     for name, case in cases.items():
         path = tmp_path / f'{name}.csv'
-        P.write_predictions(str(path), case)
+        predictions.write_predictions(str(path), case)
         assert path.read_bytes() == plain_bytes(tmp_path, case), name
-    assert P._predictions_arrow_table(cases['comma in a name']) is None   # left to the plain writer
+    assert predictions._predictions_arrow_table(cases['comma in a name']) is None   # left to the plain writer
 
 
 # ----------------------------------------------------------------------------- the sweep NMS

@@ -8,6 +8,7 @@ import checkpoints
 import load_data
 import operations
 import postprocess as P
+import predictions
 import test as T
 import thumos14
 
@@ -50,13 +51,13 @@ def outputs(root):
 def test_predict_windows_every_window_once_spec9(workdir):
     cfg = workdir['cfg']
     pred = T.predict_windows(workdir['model'], workdir['feats'], STARTS, VIDEOS, cfg, batch_size=2)
-    assert list(pred.columns) == P.PRED_COLUMNS + ['anchor'] and len(pred) == len(STARTS) * 140
+    assert list(pred.columns) == predictions.PRED_COLUMNS + ['anchor'] and len(pred) == len(STARTS) * 140
     with torch.no_grad():
         p = operations.predict(workdir['model'](torch.as_tensor(workdir['feats'])), cfg)
     w = 3  # the third window (video_test_0001207, start 512), anchor by anchor
     rows = pred.iloc[w * 140:(w + 1) * 140]
     assert (rows.video_name == VIDEOS[w]).all() and (rows.start == STARTS[w]).all()
-    np.testing.assert_allclose(rows[P.SCORE_COLUMNS].to_numpy(), p['class_prob'][w].numpy(), atol=1e-6)
+    np.testing.assert_allclose(rows[predictions.SCORE_COLUMNS].to_numpy(), p['class_prob'][w].numpy(), atol=1e-6)
     np.testing.assert_allclose(rows.conf, p['conf'][w].numpy(), atol=1e-5)
     np.testing.assert_allclose(rows.xmin, np.maximum(p['xmin'][w].numpy() * 512, 0) + STARTS[w], atol=1e-3)
     np.testing.assert_allclose(rows.xmax, np.minimum(p['xmax'][w].numpy() * 512, 512) + STARTS[w], atol=1e-3)
@@ -68,7 +69,7 @@ def test_end_to_end_cli(workdir, monkeypatch, capsys):
     monkeypatch.chdir(root)
     T.main(ARGS)
     assert 'model-ep-10.pt' in capsys.readouterr().out  # the newest checkpoint, by epoch number
-    pred = P.read_predictions(str(root / 'results' / 'predict_temporal_tiny_main_stream.csv'))
+    pred = predictions.read_predictions(str(root / 'results' / 'predict_temporal_tiny_main_stream.csv'))
     assert len(pred) == len(STARTS) * 140
     assert list(pd.unique(pred.video_name)) == list(dict.fromkeys(VIDEOS))
     expected = P.post_process(pred, workdir['cfg'], fps_of=FPS)
