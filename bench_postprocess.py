@@ -25,16 +25,22 @@ import predictions
 import thumos14
 
 
-def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed=0, anchors=140):
-    """Column arrays of a realistic predictions table (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    # Window counts per video like THUMOS14 test (a few long videos, many short ones).
+def test_windows(rng, num_windows, num_videos):
+    """(video names, video of each window, window start frames): window counts per video like
+    THUMOS14 test (a few long videos, many short ones), a window every 256 frames."""
     weights = rng.lognormal(0.0, 0.8, num_videos)
     per_video = np.maximum(1, np.floor(weights / weights.sum() * num_windows)).astype(np.int64)
     per_video[np.argmax(per_video)] += num_windows - per_video.sum()
     names = np.array([f'video_test_{i:07d}' for i in range(num_videos)], dtype=object)
     win_video = np.repeat(np.arange(num_videos), per_video)
     win_start = (np.arange(num_windows) - np.repeat(np.cumsum(per_video) - per_video, per_video)) * 256
+    return names, win_video, win_start
+
+
+def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed=0, anchors=140):
+    """Column arrays of a realistic predictions table (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    names, win_video, win_start = test_windows(rng, num_windows, num_videos)
     video_class = rng.integers(1, thumos14.NUM_CLASSES, num_videos)
 
     n = num_windows * anchors
@@ -75,15 +81,10 @@ def issue_predictions(num_windows=5103, num_videos=210, seed=0, anchors=140):
     logits N(0, 2) with +2 on background, softmax; conf U(-0.2, 1.1); boxes of centre
     U(0, 512) and width U(8, 256) cut to the window as test.py cuts them. Values are
     float32 made float64, as the network's outputs are, so the CSV's numbers are as long
-    as a real file's. About 376k detections survive the post-processing.
+    as a real file's. About 381k detections survive the post-processing.
     """
     rng = np.random.default_rng(seed)
-    weights = rng.lognormal(0.0, 0.8, num_videos)
-    per_video = np.maximum(1, np.floor(weights / weights.sum() * num_windows)).astype(np.int64)
-    per_video[np.argmax(per_video)] += num_windows - per_video.sum()
-    names = np.array([f'video_test_{i:07d}' for i in range(num_videos)], dtype=object)
-    win_video = np.repeat(np.arange(num_videos), per_video)
-    win_start = (np.arange(num_windows) - np.repeat(np.cumsum(per_video) - per_video, per_video)) * 256
+    names, win_video, win_start = test_windows(rng, num_windows, num_videos)
     n = num_windows * anchors
     logits = rng.normal(0.0, 2.0, (n, thumos14.NUM_CLASSES)).astype(np.float32)
     logits[:, 0] += 2

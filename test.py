@@ -26,24 +26,13 @@ import predictions
 import thumos14
 from fileio import check_writable
 
-# torch and the model modules are imported on first use (import_model_code): the
+# torch and the model modules are imported inside the functions that run a model: the
 # --predictions path needs none of them, and torch alone takes over a second to import.
-torch = checkpoints = operations = None
-
-
-def import_model_code():
-    """Import torch, checkpoints and operations into this module (once)."""
-    global torch, checkpoints, operations
-    if torch is None:
-        import checkpoints as _checkpoints
-        import operations as _operations
-        import torch as _torch
-        torch, checkpoints, operations = _torch, _checkpoints, _operations
 
 
 def newest_checkpoint(cfg):
     """models/<run>/model-ep-<e>.pt with the largest e; ValueError when there is none."""
-    import_model_code()
+    import checkpoints
     run_dir = C.get_models_dir(cfg)
     found = checkpoints.list_checkpoints(run_dir)
     if not found:
@@ -61,7 +50,9 @@ def predict_windows(model, features, starts, videos, cfg, batch_size=None):
     xmin, xmax: window-normalised * window_size, cut to the window as the release does
     (xmin = max(xmin, 0), xmax = min(xmax, window_size)), plus the window start.
     """
-    import_model_code()
+    import torch
+
+    import operations
     starts = np.asarray(starts, np.int64)
     videos = np.asarray(videos, dtype=object)
     if not (len(features) == len(starts) == len(videos)):
@@ -102,7 +93,7 @@ def check_finite_predictions(out, starts, videos, features):
     """ValueError naming the first window whose outputs hold NaN or inf. Post-processing would
     drop such anchors without a word (NaN fails every threshold), so a broken model or feature
     file would give a quietly empty or thinner result."""
-    import_model_code()
+    import torch
     bad = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(1)) if out.size else []
     if len(bad):
         i = int(bad[0])
@@ -143,7 +134,8 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     Every check (checkpoint, method, feature width, data, output folder) happens before
     anything is written; both outputs are written atomically.
     """
-    import_model_code()
+    import checkpoints
+    import operations
     C.check_config(cfg)
     predict_path = predict_path or C.get_predict_result_path(cfg)
     result_path = result_path or C.get_result_path(cfg)
@@ -214,7 +206,7 @@ def main(argv=None):
             det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))
             print(f'wrote {out} ({len(det):,} detections from {args.predictions})')
         else:
-            import_model_code()
+            import torch
             torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
             run_test(cfg, args.checkpoint, args.features, args.windows, result_path=args.out)
     except ValueError as err:

@@ -359,23 +359,16 @@ def test_read_only_results_folder_fails_before_the_model_runs(test_run, monkeypa
     assert '\n' not in message
 
 
-def test_read_only_logs_folder_fails_at_start(tmp_path, monkeypatch):
+@pytest.mark.parametrize('folder, named', [('logs_dir', config.get_log_path),
+                                           ('models_dir', config.get_models_dir)])
+def test_read_only_output_folder_fails_at_start(tmp_path, monkeypatch, folder, named):
     cfg = run_cfg(tmp_path)
-    read_only(cfg.logs_dir, monkeypatch)
+    read_only(getattr(cfg, folder), monkeypatch)
     monkeypatch.setattr(train, 'training_tensors', lambda *a: pytest.fail('training started'))
     with pytest.raises(ValueError) as err:
         train.train(cfg, data=make_data(), progress=False)
-    assert config.get_log_path(cfg) in str(err.value) and 'Permission denied' in str(err.value)
+    assert named(cfg) in str(err.value) and 'Permission denied' in str(err.value)
     assert checkpoints.list_checkpoints(config.get_models_dir(cfg)) == []
-
-
-def test_read_only_models_folder_fails_at_start(tmp_path, monkeypatch):
-    cfg = run_cfg(tmp_path)
-    read_only(cfg.models_dir, monkeypatch)
-    monkeypatch.setattr(train, 'training_tensors', lambda *a: pytest.fail('training started'))
-    with pytest.raises(ValueError) as err:
-        train.train(cfg, data=make_data(), progress=False)
-    assert config.get_models_dir(cfg) in str(err.value) and 'Permission denied' in str(err.value)
 
 
 def test_a_full_disk_during_a_checkpoint_write(tmp_path, monkeypatch):
