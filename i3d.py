@@ -25,13 +25,14 @@ import os
 import numpy as np
 import pandas as pd
 
+import feature_sidecar
 import load_data
 import thumos14
 from config import CONCAT_STREAMS
 
-FRAMES_PER_STEP = load_data.FRAMES_PER_STEP   # the features' stride is the network's step
-CLIP_FRAMES = 16                               # frames seen by one I3D step
-OFFSET_STEPS = CLIP_FRAMES // 2 // FRAMES_PER_STEP   # 2: step t is centred on frame 4t + 8
+FRAMES_PER_STEP = feature_sidecar.FRAMES_PER_STEP   # the features' stride is the network's step
+CLIP_FRAMES = feature_sidecar.CLIP_FRAMES           # frames seen by one I3D step
+OFFSET_STEPS = -feature_sidecar.STEP_CONVENTIONS['clip16']   # 2: step t is centred on frame 4t + 8
 
 
 # --- frames, steps, seconds ---

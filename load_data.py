@@ -29,13 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+import feature_sidecar
 from config import CONCAT_STREAMS, get_anno_path, get_data_x_path
 from fileio import atomic_open, atomic_path
 from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES, check_text_file, warn
 
 ANNOTATION_COLUMNS = ('video', 'type', 'type_idx', 'startFrame', 'endFrame', 'frame_num')
 TRIM_FRAMES = 9        # the released window generator ignores the last 9 frames of every video
-FRAMES_PER_STEP = 4
+FRAMES_PER_STEP = feature_sidecar.FRAMES_PER_STEP
 PACKED_NAME = 'packed.npy'
 
 
@@ -634,12 +635,14 @@ def _window_features(folder, w, indices, steps, dtype):
     return out if out is not None else np.zeros((0, steps, 0), dtype)
 
 
-def _video_features(folder, starts, videos, indices, steps, dtype, step_offset=0, channels=None):
+def _video_features(folder, starts, videos, indices, steps, dtype, step_offset=None, channels=None):
     """Per-video files: slice each video once for all of its windows, several videos at a
     time (numpy copies without holding the GIL; the reads are what takes the time).
 
-    The window at frame s reads steps s // 4 + step_offset + j (j < steps), cut to the file's
-    steps (repeating the first or the last); `channels` (index array) picks columns of each step."""
+    The window at frame s reads steps s // 4 + offset + j (j < steps), cut to the file's
+    steps (repeating the first or the last); the offset is the file's step convention
+    (feature_sidecar.step_offset: from its sidecar, else `step_offset`, else 0).
+    `channels` (index array) picks columns of each step."""
     sel_videos = videos[indices]
     names = np.unique(sel_videos)
     if len(names) == 0:
@@ -657,7 +660,7 @@ def _video_features(folder, starts, videos, indices, steps, dtype, step_offset=0
         if len(a) == 0:
             raise ValueError(f'{path}: no feature steps')
         rows = np.flatnonzero(sel_videos == video)
-        first = starts[indices[rows]] // FRAMES_PER_STEP + step_offset
+        first = starts[indices[rows]] // FRAMES_PER_STEP + feature_sidecar.step_offset(path, step_offset)
         late = first >= len(a)
         if late.any():
             r = rows[np.flatnonzero(late)[0]]

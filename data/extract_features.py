@@ -49,6 +49,7 @@ atomically). A video that cannot be decoded is reported and skipped; the others
 are still done; the exit status is 1 when any failed.
 """
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -64,16 +65,22 @@ import torch.nn as nn
 
 if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import feature_sidecar  # noqa: E402
 import operations  # noqa: E402
 from checkpoints import read_checkpoint  # noqa: E402
 from config import parse_config  # noqa: E402
+from data import clip_features  # noqa: E402
 from fileio import atomic_open, atomic_path  # noqa: E402
 from thumos14 import DEFAULT_FPS, feature_folder  # noqa: E402
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
 STREAMS = ('spatial', 'temporal')
-BACKBONE_DIMS = {'resnet50': 2048, 'tiny': 64}
-DEFAULT_SIZES = {'resnet50': 224, 'tiny': 64}
+FRAME_BACKBONES = {'resnet50': 2048, 'tiny': 64}   # one frame (or flow stack) per step: 'frame4'
+BACKBONE_DIMS = {**FRAME_BACKBONES, **{k: v[0] for k, v in clip_features.CLIP_BACKBONES.items()}}
+DEFAULT_SIZES = {'resnet50': 224, 'tiny': 64, 'i3d': 224, 's3d': 224, 'r2plus1d_18': 112, 'mvit_v2_s': 224,
+                 'swin3d_t': 224}   # the torchvision ones are their weights' crop; only i3d and the frame ones may change
+DEFAULT_BATCH = {'frame': 32, 'clip': 8}   # steps per network batch: frames, or 16-frame clips
+RESNET50_WEIGHTS = 'ResNet50_Weights.IMAGENET1K_V2'
 FLOW_BOUND = 20.0  # pixels; larger displacements are clipped (TSN's convention)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,15 +99,15 @@ def import_cv2():
     return cv2
 
 
-def import_torchvision():
+def import_torchvision(backbone='resnet50'):
     try:
         import torchvision
     except Exception as err:  # a torchvision built for another torch fails with RuntimeError, not ImportError
         raise ValueError(
-            f'--backbone resnet50 needs torchvision, which does not import here ({type(err).__name__}: {err}).\n'
+            f'--backbone {backbone} needs torchvision, which does not import here ({type(err).__name__}: {err}).\n'
             'Install a torch / torchvision pair built for each other, e.g.\n'
             '  pip install torch==2.14.1 torchvision==0.29.1\n'
-            'or use --backbone tiny to test the pipeline without it.') from None
+            'or use --backbone i3d or tiny, which need no torchvision.') from None
     return torchvision
 
 
@@ -134,65 +141,109 @@ def load_weights(net, sd, source):
         raise ValueError(f'weights {source} do not fit the network: {err}') from None
 
 
-def imagenet_resnet50_weights(torchvision):
-    """torchvision's ImageNet weights, or None (with a warning) when they cannot be fetched."""
+# ---------------------------------------------------------------- weights
+
+def file_identity(path):
+    """{'file': name, 'sha256': hex digest} of a weights file: what the feature sidecars record."""
+    digest = hashlib.sha256()
     try:
-        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
-        return weights.get_state_dict(progress=False)
-    except Exception as err:
-        warnings.warn(f'could not fetch torchvision ResNet-50 ImageNet weights ({type(err).__name__}: {err})')
-        return None
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+    except OSError as err:
+        raise ValueError(f'cannot read weights file {path}: {err.strerror or err}') from None
+    return {'file': os.path.basename(path), 'sha256': digest.hexdigest()}
 
 
-def build_backbones(streams, backbone, weights=None, weights_temporal=None, flow_length=5, seed=0):
-    """{stream: nn.Module [B, C, H, W] -> [B, D]} in eval mode, on the CPU.
+def torchvision_download(url, what):
+    """The local copy of one of torchvision's weight files, downloaded once into torch's hub cache."""
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    if not os.path.exists(cached):
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            torch.hub.download_url_to_file(url, cached, progress=False)   # via a temporary file
+        except Exception as err:  # no network is the usual cause; any failure means no weights
+            raise ValueError(f'{what}: cannot download {url} ({type(err).__name__}: {err}); give the weights '
+                             f'file with --weights PATH, or --random-weights to test the pipeline '
+                             f'(its features carry no meaning)') from None
+    return cached
 
-    weights: a path, 'random', or None (resnet50: torchvision's ImageNet weights when
-    downloadable; tiny: random). Random weights are seeded so reruns give the same features.
-    """
+
+def default_weights_url(backbone, stream):
+    """(name, url) of torchvision's weights for a backbone with downloadable ones, else None."""
+    if backbone == 'resnet50':
+        tv = import_torchvision(backbone)
+        return RESNET50_WEIGHTS, tv.models.ResNet50_Weights.IMAGENET1K_V2.url
+    if backbone in clip_features.CLIP_BACKBONES and backbone != 'i3d':
+        weights = clip_features.torchvision_weights(import_torchvision(backbone), backbone)
+        return f'{type(weights).__name__}.{weights.name}', weights.url
+    return None
+
+
+def weight_sources(backbone, streams, weights=None, weights_temporal=None, random_weights=False, seed=0):
+    """{stream: (file or None, identity)}: each stream's weights, settled before any video is read.
+
+    A file the user gives; else torchvision's download (resnet50 and the torchvision video
+    networks); else an error, unless random_weights (seeded; identity {'random_seed': n})."""
+    if random_weights:
+        if weights or weights_temporal:
+            raise ValueError('--random-weights excludes --weights and --weights-temporal')
+        return {s: (None, {'random_seed': seed + (s == 'temporal')}) for s in streams}
+    sources = {}
+    for stream in streams:
+        # The ResNet-50 flow network may start from the RGB file; I3D's flow stream has its own weights.
+        given = weights_temporal if stream == 'temporal' and (weights_temporal or backbone == 'i3d') else weights
+        if given:
+            sources[stream] = (given, file_identity(given))
+            continue
+        default = default_weights_url(backbone, stream)
+        if default is None:
+            need = ('--weights rgb_imagenet.pt and, for the flow stream, --weights-temporal flow_imagenet.pt '
+                    '(the public PyTorch I3D weights)' if backbone == 'i3d' else '--weights PATH')
+            raise ValueError(f'backbone {backbone} ({stream} stream) has no weights: give {need}, or '
+                             f'--random-weights to test the pipeline (its features carry no meaning)')
+        name, url = default
+        path = torchvision_download(url, f'{backbone} {stream} weights')
+        sources[stream] = (path, {'torchvision': name, **file_identity(path)})
+    return sources
+
+
+def resnet50_net(torchvision, stream, sd, flow_length, source):
+    net = torchvision.models.resnet50(weights=None)
+    net.fc = nn.Identity()
+    if stream == 'temporal':
+        net.conv1 = nn.Conv2d(2 * flow_length, 64, 7, stride=2, padding=3, bias=False)
+        if sd is not None and sd['conv1.weight'].shape[1] == 3:
+            # Cross-modality initialisation: the RGB filters' mean, one copy per flow channel.
+            sd = dict(sd, **{'conv1.weight': sd['conv1.weight'].mean(1, keepdim=True)
+                             .expand(-1, 2 * flow_length, -1, -1).clone()})
+    if sd is not None:
+        load_weights(net, sd, source)
+    return net
+
+
+def build_backbones(streams, backbone, sources, flow_length=5, seed=0):
+    """{stream: nn.Module} in eval mode, on the CPU: frame backbones [B, C, H, W] -> [B, D], clip
+    backbones [B, C, 16, h, w] -> [B, D]. sources: weight_sources(); random ones are seeded."""
     if backbone not in BACKBONE_DIMS:
         raise ValueError(f'unknown backbone {backbone!r}; choose from {sorted(BACKBONE_DIMS)}')
-    in_channels = {'spatial': 3, 'temporal': 2 * flow_length}
+    torchvision = None if backbone in ('tiny', 'i3d') else import_torchvision(backbone)
     nets = {}
-    if backbone == 'tiny':
-        for stream in streams:
-            torch.manual_seed(seed + (stream == 'temporal'))
-            nets[stream] = tiny_cnn(in_channels[stream])
-            path = weights_temporal if stream == 'temporal' and weights_temporal else weights
-            if path and path != 'random':
-                load_weights(nets[stream], read_state_dict(path), path)
-            else:
-                print(f'note: tiny {stream} backbone with random weights (seed {seed}): for testing the pipeline')
-    else:
-        torchvision = import_torchvision()
-        if weights == 'random':
-            rgb_sd = None
-        elif weights:
-            rgb_sd = read_state_dict(weights)
-        else:
-            rgb_sd = imagenet_resnet50_weights(torchvision)
-        if rgb_sd is None:
-            print('!' * 78 + '\nWARNING: ResNet-50 with RANDOM weights: the features will be meaningless for '
-                  'real videos.\nGive --weights PATH (a torchvision resnet50 state dict) for real use.\n' + '!' * 78,
-                  file=sys.stderr)
-        for stream in streams:
-            torch.manual_seed(seed + (stream == 'temporal'))
-            net = torchvision.models.resnet50(weights=None)
-            net.fc = nn.Identity()
-            sd = rgb_sd
-            if stream == 'temporal':
-                net.conv1 = nn.Conv2d(2 * flow_length, 64, 7, stride=2, padding=3, bias=False)
-                if weights_temporal:
-                    sd = read_state_dict(weights_temporal)
-                if sd is not None:
-                    sd = dict(sd)
-                    w = sd['conv1.weight']
-                    if w.shape[1] == 3:  # cross-modality initialisation: mean over RGB, one copy per channel
-                        sd['conv1.weight'] = w.mean(1, keepdim=True).expand(-1, 2 * flow_length, -1, -1).clone()
+    for stream in streams:
+        torch.manual_seed(seed + (stream == 'temporal'))
+        path, _ = sources[stream]
+        sd = read_state_dict(path) if path else None
+        if backbone == 'tiny':
+            nets[stream] = tiny_cnn(2 * flow_length if stream == 'temporal' else 3)
             if sd is not None:
-                load_weights(net, sd, weights_temporal if stream == 'temporal' and weights_temporal else
-                             (weights or 'torchvision ImageNet'))
-            nets[stream] = net
+                load_weights(nets[stream], sd, path)
+        elif backbone == 'resnet50':
+            nets[stream] = resnet50_net(torchvision, stream, sd, flow_length, path)
+        else:
+            nets[stream] = clip_features.build_clip_network(backbone, stream, sd, path, torchvision)
+    if any(sources[s][0] is None for s in streams):
+        print('!' * 78 + f'\nWARNING: {backbone} with RANDOM weights: the features carry no meaning for real '
+              'videos;\nfor testing the pipeline only.\n' + '!' * 78, file=sys.stderr)
     return {s: n.eval() for s, n in nets.items()}
 
 
@@ -236,6 +287,33 @@ def video_name(path):
     return '_'.join(os.path.splitext(os.path.basename(path))[0].split())
 
 
+def decode(path, progress=False):
+    """Yield ('info', fps, frame count the container claims), then each frame (BGR uint8) of `path`,
+    read as a stream; a progress bar in frames per second when `progress`."""
+    cv2 = import_cv2()
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise VideoError(f'cannot open {path}')
+    bar = None
+    try:
+        claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        yield 'info', cap.get(cv2.CAP_PROP_FPS), claimed
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=claimed or None, unit='frame', desc=video_name(path), leave=False)
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if bar is not None:
+                bar.update(1)
+            yield frame
+    finally:
+        if bar is not None:
+            bar.close()
+        cap.release()
+
+
 def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, pool=None):
     """Decode `path` once; yield ('info', fps, frame_count_claimed) then (t, rgb or None, flow or None) per step.
 
@@ -244,73 +322,55 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, 
     pool, the flow of several frame pairs is computed at once (OpenCV releases the GIL).
     """
     cv2 = import_cv2()
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise VideoError(f'cannot open {path}')
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        yield 'info', fps, claimed
-        want_rgb, want_flow = 'spatial' in streams, 'temporal' in streams
-        half = flow_length // 2
-        centres, flows = {}, {}   # frame index -> rgb; pair index k -> flow(k -> k+1)
-        prev_gray, t, n, pairs = None, 0, 0, []
-        chunk = 4 * pool._max_workers if pool else 1
+    frames = decode(path, progress)
+    yield next(frames)   # ('info', fps, claimed)
+    want_rgb, want_flow = 'spatial' in streams, 'temporal' in streams
+    half = flow_length // 2
+    centres, flows = {}, {}   # frame index -> rgb; pair index k -> flow(k -> k+1)
+    prev_gray, t, n, pairs = None, 0, 0, []
+    chunk = 4 * pool._max_workers if pool else 1
 
-        def compute_flows():
-            run = pool.map if pool else map
-            for k, f in zip([p[0] for p in pairs], run(flow_fn, [p[1] for p in pairs], [p[2] for p in pairs])):
-                f = np.clip(f, -FLOW_BOUND, FLOW_BOUND) / FLOW_BOUND
-                flows[k] = f.transpose(2, 0, 1).astype(np.float32)  # [2, H, W]: x, y
-            pairs.clear()
+    def compute_flows():
+        run = pool.map if pool else map
+        for k, f in zip([p[0] for p in pairs], run(flow_fn, [p[1] for p in pairs], [p[2] for p in pairs])):
+            f = np.clip(f, -FLOW_BOUND, FLOW_BOUND) / FLOW_BOUND
+            flows[k] = f.transpose(2, 0, 1).astype(np.float32)  # [2, H, W]: x, y
+        pairs.clear()
 
-        def make_step(t, last_pair):
-            c = 4 * t + 2
-            rgb = centres.pop(c) if want_rgb else None
-            flow = None
-            if want_flow:
-                ks = np.clip(np.arange(c - half, c - half + flow_length), 0, last_pair)
-                flow = np.concatenate([flows[k] for k in ks], 0)
-                for k in [k for k in flows if k < c + 4 - half]:
-                    del flows[k]   # the next step starts 4 pairs later
-            return t, rgb, flow
+    def make_step(t, last_pair):
+        c = 4 * t + 2
+        rgb = centres.pop(c) if want_rgb else None
+        flow = None
+        if want_flow:
+            ks = np.clip(np.arange(c - half, c - half + flow_length), 0, last_pair)
+            flow = np.concatenate([flows[k] for k in ks], 0)
+            for k in [k for k in flows if k < c + 4 - half]:
+                del flows[k]   # the next step starts 4 pairs later
+        return t, rgb, flow
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=claimed or None, unit='frame', desc=video_name(path), leave=False)
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frame = crop_frame(cv2, frame, size)
-            if want_rgb and n % 4 == 2:
-                centres[n] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            if want_flow:
-                gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                if prev_gray is not None:
-                    pairs.append((n - 1, prev_gray, gray))
-                prev_gray = gray
-                if len(pairs) >= chunk:
-                    compute_flows()
-            n += 1
-            if bar is not None:
-                bar.update(1)
-            # A step is ready once its 4 frames are decoded and its last flow pair computed.
-            while 4 * t + 4 <= n and (not want_flow or 4 * t + 2 - half + flow_length - 1 in flows):
-                yield make_step(t, n - 2)
-                t += 1
-        if bar is not None:
-            bar.close()
-        if n < 4:
-            raise VideoError(f'{path}: {n} frames decoded, a step needs 4' if n
-                             else f'{path}: no frame could be decoded')
-        compute_flows()
-        for t in range(t, n // 4):
+    for frame in frames:
+        frame = crop_frame(cv2, frame, size)
+        if want_rgb and n % 4 == 2:
+            centres[n] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        if want_flow:
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            if prev_gray is not None:
+                pairs.append((n - 1, prev_gray, gray))
+            prev_gray = gray
+            if len(pairs) >= chunk:
+                compute_flows()
+        n += 1
+        # A step is ready once its 4 frames are decoded and its last flow pair computed.
+        while 4 * t + 4 <= n and (not want_flow or 4 * t + 2 - half + flow_length - 1 in flows):
             yield make_step(t, n - 2)
-        yield 'end', n, None
-    finally:
-        cap.release()
+            t += 1
+    if n < 4:
+        raise VideoError(f'{path}: {n} frames decoded, a step needs 4' if n
+                         else f'{path}: no frame could be decoded')
+    compute_flows()
+    for t in range(t, n // 4):
+        yield make_step(t, n - 2)
+    yield 'end', n, None
 
 
 def prepare_batch(stream, items, device):
@@ -354,12 +414,33 @@ def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, devic
     out = {s: np.concatenate(feats[s], 0).astype(np.float32) for s in streams}
     for s, f in out.items():
         assert f.shape[0] == steps, (s, f.shape, steps)
+    return out, video_row(path, fps, claimed, frame_num, steps)
+
+
+def extract_clip_video(path, nets, backbone, size, pair_flows, clips_per_batch=8, device='cpu', progress=False,
+                       torchvision=None):
+    """Clip features of one video (data/clip_features.py): ({stream: float32 [T, D]}, info dict)."""
+    cv2 = import_cv2()
+    frames = decode(path, progress)
+    _, fps, claimed = next(frames)
+    transform = clip_features.frame_transform(cv2, backbone, size)
+    rgb_prep = clip_features.make_rgb_prep(backbone, size, device, torchvision) if 'spatial' in nets else None
+    try:
+        out, frame_num = clip_features.extract_clips(map(transform, frames), nets, rgb_prep, pair_flows, size,
+                                                     clips_per_batch, device)
+    except ValueError as err:
+        raise VideoError(f'{path}: {err}') from None
+    return out, video_row(path, fps, claimed, frame_num, clip_features.num_clips(frame_num))
+
+
+def video_row(path, fps, claimed, frame_num, steps):
+    """The video's row of video_info.csv; warns when the container's frame rate or count cannot be trusted."""
     if not (fps and math.isfinite(fps) and fps > 0):
         warnings.warn(f'{path}: the container gives no frame rate; using {DEFAULT_FPS}')
         fps = DEFAULT_FPS
     if claimed and abs(claimed - frame_num) > max(8, 0.02 * claimed):
         warnings.warn(f'{path}: the container claims {claimed} frames, {frame_num} were decoded; using {frame_num}')
-    return out, dict(video=video_name(path), fps=float(fps), frame_num=int(frame_num), steps=int(steps))
+    return dict(video=video_name(path), fps=float(fps), frame_num=int(frame_num), steps=int(steps))
 
 
 # ---------------------------------------------------------------- folders, tables, resuming
@@ -411,8 +492,47 @@ def write_info(path, df):
         df.sort_values('video').to_csv(f, index=False, columns=INFO_COLUMNS)
 
 
-def missing_streams(name, streams, dirs, info):
-    """Streams of video `name` still to extract: a file is complete when its rows match the table's steps."""
+def resolve_flow(method, backbone):
+    """The flow method a run uses: 'auto' is TV-L1 with opencv-contrib, else DIS; RAFT only for clip backbones."""
+    cv2 = import_cv2()
+    if method == 'auto':
+        return 'tvl1' if hasattr(cv2, 'optflow') else 'dis'
+    if method == 'raft' and backbone in FRAME_BACKBONES:
+        raise ValueError(f'--flow raft computes flow for 16-frame clips: use it with --backbone i3d, not {backbone}')
+    return method
+
+
+def flow_source(flow, flow_weights, random_weights, seed):
+    """(file or None, identity) of the RAFT weights; None when the flow is not RAFT."""
+    if flow != 'raft':
+        return None
+    if flow_weights:
+        return flow_weights, file_identity(flow_weights)
+    if random_weights:
+        return None, {'random_seed': seed + 2}
+    from torchvision.models.optical_flow import Raft_Large_Weights
+    path = torchvision_download(Raft_Large_Weights.DEFAULT.url, 'RAFT weights')
+    return path, {'torchvision': f'Raft_Large_Weights.{Raft_Large_Weights.DEFAULT.name}', **file_identity(path)}
+
+
+def stream_settings(backbone, sources, size, flow, flow_length, raft):
+    """{stream: what made its features}: the part of a sidecar a rerun must match to reuse the file."""
+    out = {}
+    for stream, (_, identity) in sources.items():
+        d = dict(backbone=backbone, weights=identity, size=size)
+        if stream == 'temporal':
+            d['flow'] = flow
+            if backbone in FRAME_BACKBONES:
+                d['flow_length'] = flow_length
+            if raft is not None:
+                d['flow_weights'] = raft[1]
+        out[stream] = d
+    return out
+
+
+def missing_streams(name, streams, dirs, info, settings):
+    """Streams of video `name` still to extract: a file is done when its rows match the table's steps
+    and its sidecar records the same settings (another backbone, weight file or flow method redoes it)."""
     row = info[info.video == name]
     if row.empty:
         return list(streams)
@@ -422,54 +542,113 @@ def missing_streams(name, streams, dirs, info):
         p = os.path.join(dirs[s], name + '.npy')
         try:
             done = os.path.exists(p) and np.load(p, mmap_mode='r').shape[0] == steps
+            doc = feature_sidecar.read_sidecar(p) if done else None
         except (ValueError, OSError):
+            done, doc = False, None
+        if done and (doc is None or doc.get('settings') != settings[s]):
+            print(f'note: {p} was made with other settings ({"no sidecar" if doc is None else "see its sidecar"}); '
+                  're-extracting')
             done = False
         if not done:
             todo.append(s)
     return todo
 
 
+def write_features(feats, row, dirs, settings, convention):
+    """Each stream's [T, D] file, then its sidecar (both atomic)."""
+    for s, f in feats.items():
+        path = os.path.join(dirs[s], row['video'] + '.npy')
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as fh:
+                np.save(fh, f)
+        feature_sidecar.write_sidecar(path, dict(video=row['video'], stream=s, steps=row['steps'], fps=row['fps'],
+                                                 frame_num=row['frame_num'], step_convention=convention,
+                                                 settings=settings[s]))
+
+
+def write_layout_file(name, dirs, layout_dir):
+    """The I3D-layout file of a clip backbone: its streams side by side (RGB first), [T, sum of D]."""
+    parts = [os.path.join(dirs[s], name + '.npy') for s in STREAMS if s in dirs]
+    docs = [feature_sidecar.read_sidecar(p) for p in parts]
+    arrays = [np.load(p) for p in parts]
+    path = os.path.join(layout_dir, name + '.npy')
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as fh:
+            np.save(fh, np.concatenate(arrays, 1))
+    widths = np.cumsum([0] + [a.shape[1] for a in arrays])
+    doc = {k: docs[0][k] for k in ('video', 'steps', 'fps', 'frame_num', 'step_convention')}
+    feature_sidecar.write_sidecar(path, dict(doc, stream='concat', settings={
+        s: dict(d['settings'], channels=[int(widths[i]), int(widths[i + 1])])
+        for i, (s, d) in enumerate(zip([s for s in STREAMS if s in dirs], docs))}))
+
+
+def make_extractor(backbone, nets, size, flow, flow_length, raft, batch_size, device, flow_workers, progress):
+    """extract(path, streams) -> ({stream: [T, D]}, row) with the networks and flow of this run."""
+    clip = backbone in clip_features.CLIP_BACKBONES
+    batch_size = batch_size or DEFAULT_BATCH['clip' if clip else 'frame']
+    workers = flow_workers or min(8, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers) if 'temporal' in nets and flow != 'raft' and workers > 1 else None
+    flow_fn = make_flow_fn(flow) if 'temporal' in nets and flow != 'raft' else None
+    if not clip:
+        return lambda path, need: extract_video(path, {s: nets[s] for s in need}, size, flow_fn, flow_length,
+                                                batch_size, device, progress, pool)
+    torchvision = None if backbone == 'i3d' and flow != 'raft' else import_torchvision(backbone)
+    if 'temporal' not in nets:
+        pair_flows = None
+    elif flow == 'raft':
+        torch.manual_seed(raft[1].get('random_seed', 0))
+        pair_flows = clip_features.RaftFlow(torchvision, read_state_dict(raft[0]) if raft[0] else None, device)
+    else:
+        pair_flows = clip_features.opencv_pair_flows(import_cv2(), flow_fn, pool)
+    return lambda path, need: extract_clip_video(path, {s: nets[s] for s in need}, backbone, size, pair_flows,
+                                                 batch_size, device, progress, torchvision)
+
+
 def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=None, weights_temporal=None,
-                size=None, flow='auto', flow_length=5, batch_size=32, device='auto', seed=0, progress=True,
-                flow_workers=None):
+                random_weights=False, size=None, flow='auto', flow_weights=None, flow_length=5, batch_size=None,
+                device='auto', seed=0, flow_workers=None, progress=True):
     """Extract every video not done yet. Returns (info DataFrame of the split, {video path: error message})."""
     device = str(operations.resolve_device(device))
     import_cv2()  # once, before any video: without OpenCV none can be read
+    if backbone not in BACKBONE_DIMS:
+        raise ValueError(f'unknown backbone {backbone!r}; choose from {sorted(BACKBONE_DIMS)}')
+    clip = backbone in clip_features.CLIP_BACKBONES
+    if clip and set(streams) - set(clip_features.CLIP_BACKBONES[backbone][1]):
+        raise ValueError(f'backbone {backbone} has an RGB stream only: use --streams spatial')
     size = size or DEFAULT_SIZES[backbone]
+    flow = resolve_flow(flow, backbone) if 'temporal' in streams else None
+    sources = weight_sources(backbone, streams, weights, weights_temporal, random_weights, seed)
+    raft = flow_source(flow, flow_weights, random_weights, seed)
+    settings = stream_settings(backbone, sources, size, flow, flow_length, raft)
     dirs = {s: feature_folder(out, split, s, pretrain) for s in streams}
+    layout_dir = os.path.join(out, f'{pretrain}_features') if clip and len(streams) == len(
+        clip_features.CLIP_BACKBONES[backbone][1]) else None
     table = info_path(out, split)
     info = read_info(table)
-    todo = [(p, missing_streams(video_name(p), streams, dirs, info)) for p in videos]
+    todo = [(p, missing_streams(video_name(p), streams, dirs, info, settings)) for p in videos]
     todo = [(p, s) for p, s in todo if s]
-    skipped = len(videos) - len(todo)
-    if skipped:
-        print(f'{skipped} of {len(videos)} videos already extracted in {os.path.join(out, split)}: skipped')
+    if len(videos) - len(todo):
+        print(f'{len(videos) - len(todo)} of {len(videos)} videos already extracted in '
+              f'{os.path.join(out, split)}: skipped')
     failures = {}
     if not todo:
         return info, failures
-    nets = build_backbones(sorted({s for _, ss in todo for s in ss}), backbone, weights, weights_temporal,
-                           flow_length, seed)
-    nets = {s: n.to(device) for s, n in nets.items()}
-    flow_fn = make_flow_fn(flow) if any('temporal' in ss for _, ss in todo) else None
-    workers = flow_workers or min(8, os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(workers) if flow_fn and workers > 1 else None
-    for d in dirs.values():
-        os.makedirs(d, exist_ok=True)
+    nets = build_backbones(sorted({s for _, ss in todo for s in ss}), backbone, sources, flow_length, seed)
+    extract = make_extractor(backbone, {s: n.to(device) for s, n in nets.items()}, size, flow, flow_length, raft,
+                             batch_size, device, flow_workers, progress)
     for i, (path, need) in enumerate(todo, 1):
         t0 = time.time()
         try:
-            feats, row = extract_video(path, {s: nets[s] for s in need}, size, flow_fn, flow_length, batch_size,
-                                       device, progress, pool)
+            feats, row = extract(path, need)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # an undecodable video must not stop the others
             failures[path] = f'{type(err).__name__}: {err}'
             print(f'[{i}/{len(todo)}] FAILED {path}: {failures[path]}', file=sys.stderr)
             continue
-        for s, f in feats.items():
-            with atomic_path(os.path.join(dirs[s], row['video'] + '.npy')) as tmp:
-                with open(tmp, 'wb') as fh:
-                    np.save(fh, f)
+        write_features(feats, row, dirs, settings, 'clip16' if clip else 'frame4')
+        if layout_dir:
+            write_layout_file(row['video'], dirs, layout_dir)
         info = pd.concat([info[info.video != row['video']], pd.DataFrame([row])], ignore_index=True)
         write_info(table, info)
         dt = time.time() - t0
@@ -513,14 +692,23 @@ def main(argv=None):
 def add_backbone_args(parser):
     """The extraction options, shared with detect.py."""
     parser.add_argument('--backbone', default='resnet50', choices=sorted(BACKBONE_DIMS),
-                        help='resnet50 (torchvision, D=2048) or tiny (D=64, for testing the pipeline)')
+                        help='frame backbones: resnet50 (D=2048), tiny (D=64, for testing the pipeline); clip '
+                             'backbones (16-frame clips): i3d (two-stream, 1024 each), s3d (1024), r2plus1d_18 '
+                             '(512), mvit_v2_s (768), swin3d_t (768)')
     parser.add_argument('--weights', default=None,
-                        help="spatial (and default temporal) backbone weights: a state-dict file, or 'random'")
-    parser.add_argument('--weights-temporal', default=None, help='flow backbone weights (2L or 3 input channels)')
-    parser.add_argument('--size', type=int, default=None, help='crop side in pixels (resnet50 224, tiny 64)')
-    parser.add_argument('--flow', default='auto', choices=['auto', 'tvl1', 'dis'], help='optical-flow algorithm')
-    parser.add_argument('--flow-length', type=int, default=5, help='flow fields per step (L; 2L input channels)')
-    parser.add_argument('--batch', type=int, default=32, help='steps per CNN batch')
+                        help='spatial (RGB) weights file; i3d: rgb_imagenet.pt (default: torchvision\'s download '
+                             'where the backbone has one)')
+    parser.add_argument('--weights-temporal', default=None,
+                        help='flow weights file; i3d: flow_imagenet.pt (resnet50: 2L or 3 input channels)')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='seeded random weights, for testing the pipeline: the features carry no meaning')
+    parser.add_argument('--size', type=int, default=None, help='crop side in pixels (i3d 224, resnet50 224, tiny 64)')
+    parser.add_argument('--flow', default='auto', choices=['auto', 'tvl1', 'dis', 'raft'],
+                        help='optical flow: auto = tvl1 with opencv-contrib, else dis; raft (clip backbones, GPU)')
+    parser.add_argument('--flow-weights', default=None, help='RAFT (torchvision raft_large) weights file')
+    parser.add_argument('--flow-length', type=int, default=5,
+                        help='frame backbones: flow fields per step (L; 2L input channels)')
+    parser.add_argument('--batch', type=int, default=None, help='steps per network batch (frames 32, clips 8)')
     parser.add_argument('--flow-workers', type=int, default=None,
                         help='threads computing optical flow (default: CPU cores, at most 8)')
 
@@ -528,9 +716,12 @@ def add_backbone_args(parser):
 def backbone_kwargs(args, cfg):
     if args.flow_length < 1:
         raise ValueError('--flow-length must be >= 1')
+    if args.batch is not None and args.batch < 1:
+        raise ValueError('--batch must be >= 1')
     return dict(backbone=args.backbone, weights=args.weights, weights_temporal=args.weights_temporal,
-                size=args.size, flow=args.flow, flow_length=args.flow_length, batch_size=args.batch,
-                device=cfg.device, seed=cfg.seed, flow_workers=args.flow_workers)
+                random_weights=args.random_weights, size=args.size, flow=args.flow, flow_weights=args.flow_weights,
+                flow_length=args.flow_length, batch_size=args.batch, device=cfg.device, seed=cfg.seed,
+                flow_workers=args.flow_workers)
 
 
 def parse_streams(text):

@@ -41,7 +41,8 @@ def save_checkpoint(path, cfg, feature_dim=DIM):
 
 
 def run(args):
-    return detect.main([str(a) for a in args] + ['--backbone', 'tiny', '--flow', 'dis', '--device=cpu'])
+    return detect.main([str(a) for a in args] + ['--backbone', 'tiny', '--flow', 'dis', '--device=cpu',
+                                                '--random-weights'])
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,5 @@
 """Feature extraction on small videos written here: steps, flow direction, failures, resuming."""
+import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,8 +46,13 @@ def translating_texture(n, dx):
     return np.stack([big[:, off - dx * i: off - dx * i + W] for i in range(n)])
 
 
+def random_nets(streams, backbone, seed=0, **kwargs):
+    return ef.build_backbones(streams, backbone, ef.weight_sources(backbone, streams, random_weights=True, seed=seed),
+                              seed=seed, **kwargs)
+
+
 def run(args):
-    return ef.main([str(a) for a in args] + ['--backbone', 'tiny', '--flow', 'dis'])
+    return ef.main([str(a) for a in args] + ['--backbone', 'tiny', '--flow', 'dis', '--random-weights'])
 
 
 @pytest.fixture
@@ -167,7 +173,7 @@ def test_rerun_skips_finished_and_redoes_incomplete(videos, tmp_path, monkeypatc
     assert sorted(calls) == [('clip_a.avi', ['temporal']), ('clip_b.avi', ['spatial'])]
     np.testing.assert_array_equal(np.load(tdir / 'clip_a.npy'), before)   # seeded weights: same features
     assert np.load(sdir / 'clip_b.npy').shape == (103 // 4, ef.BACKBONE_DIMS['tiny'])
-    assert not [p for p in os.listdir(tdir) if not p.endswith('.npy')]   # no temporary files left
+    assert not [p for p in os.listdir(tdir) if not p.endswith(('.npy', '.json'))]   # no temporary files left
 
 
 def test_list_file_and_bad_inputs(videos, tmp_path):
@@ -176,7 +182,7 @@ def test_list_file_and_bad_inputs(videos, tmp_path):
     lst.write_text(f'# two videos\n{folder / "clip_a.avi"}\n\n{folder / "clip_c.avi"}\n')
     out = tmp_path / 'feat'
     assert run(['--list', lst, '--split', 'test', '--out', out, '--streams', 'spatial']) == 0
-    assert sorted(os.listdir(out / 'test' / 'spatialDataXtiny')) == ['clip_a.npy', 'clip_c.npy']
+    assert sorted(glob.glob('*.npy', root_dir=out / 'test' / 'spatialDataXtiny')) == ['clip_a.npy', 'clip_c.npy']
     assert not (out / 'test' / 'temporalDataXtiny').exists()
     lst.write_text(f'{folder / "clip_a.avi"}\n{folder / "nope.avi"}\n')
     with pytest.raises(SystemExit, match=r'list.txt, line 2: no such video'):
@@ -188,23 +194,23 @@ def test_list_file_and_bad_inputs(videos, tmp_path):
 def test_resnet50_without_torchvision_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__('sys').modules, 'torchvision', None)
     with pytest.raises(ValueError, match='pip install torch==2.14.1 torchvision==0.29.1'):
-        ef.build_backbones(['spatial'], 'resnet50', weights='random')
+        random_nets(['spatial'], 'resnet50')
 
 
 def test_resnet50_features(tmp_path):
     pytest.importorskip('torchvision')
-    nets = ef.build_backbones(['spatial', 'temporal'], 'resnet50', weights='random', flow_length=5)
+    nets = random_nets(['spatial', 'temporal'], 'resnet50', flow_length=5)
     with torch.inference_mode():
         assert nets['spatial'](torch.zeros(2, 3, 64, 64)).shape == (2, 2048)
         assert nets['temporal'](torch.zeros(2, 10, 64, 64)).shape == (2, 2048)
 
 
 def test_tiny_weights_from_file(tmp_path):
-    nets = ef.build_backbones(['spatial'], 'tiny', seed=3)
+    nets = random_nets(['spatial'], 'tiny', seed=3)
     path = tmp_path / 'tiny.pt'
     torch.save({'state_dict': nets['spatial'].state_dict()}, path)
-    again = ef.build_backbones(['spatial'], 'tiny', weights=str(path), seed=99)
+    again = ef.build_backbones(['spatial'], 'tiny', ef.weight_sources('tiny', ['spatial'], str(path)), seed=99)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(again['spatial'](x), nets['spatial'](x))
     with pytest.raises(ValueError, match='do not fit'):
-        ef.build_backbones(['temporal'], 'tiny', weights=str(path))   # 3-channel weights, 10-channel net
+        ef.build_backbones(['temporal'], 'tiny', ef.weight_sources('tiny', ['temporal'], str(path)))   # 3 vs 10 channels
