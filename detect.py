@@ -1,7 +1,7 @@
 """Detect actions in one video with trained checkpoints, in one command.
 
     python detect.py VIDEO --checkpoint T.pt [--checkpoint-spatial S.pt] [--out DIR] \
-        [--backbone resnet50|tiny] [--weights PATH] [--weights-temporal PATH] [--key=value ...]
+        [--backbone i3d|s3d|...|resnet50|tiny] [--weights PATH] [--weights-temporal PATH] [--key=value ...]
 
 1. extracts the video's features with data/extract_features.py (the same code and
    backbone options; the backbone must be the one the checkpoints were trained on),

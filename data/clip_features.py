@@ -137,7 +137,8 @@ class RaftFlow:
         a, b = (torch.from_numpy(f).to(self.device).permute(0, 3, 1, 2) for f in (a, b))
         a, b = self.transform(a, b)   # uint8 -> float in [-1, 1]
         h, w = a.shape[-2:]
-        pad = (0, -w % 8, 0, -h % 8)   # RAFT needs sides divisible by 8
+        # RAFT needs sides divisible by 8 and at least 128 (its correlation pyramid divides by 64 more).
+        pad = (0, max(128, w + -w % 8) - w, 0, max(128, h + -h % 8) - h)
         a, b = F.pad(a, pad, mode='replicate'), F.pad(b, pad, mode='replicate')
         with torch.inference_mode():
             flow = self.net(a, b, num_flow_updates=self.updates)[-1]

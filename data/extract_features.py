@@ -1,52 +1,49 @@
 """Per-video features for one's own videos: spatial (RGB) and temporal (optical flow) streams.
 
     python data/extract_features.py VIDEO_OR_FOLDER [...] --split val --out data/THUMOS14/feature \
-        [--backbone resnet50|tiny] [--weights PATH|random] [--weights-temporal PATH] [--streams spatial,temporal]
+        [--backbone i3d|s3d|r2plus1d_18|mvit_v2_s|swin3d_t|resnet50|tiny] [--weights PATH] \
+        [--weights-temporal PATH] [--random-weights] [--flow auto|tvl1|dis|raft] [--streams spatial,temporal]
 
 writes, for each video and stream,
 
     <out>/<split>/<mode>DataX<pretrain>/<video>.npy    float32 [T, D]   (mode = spatial | temporal)
+    <out>/<split>/<mode>DataX<pretrain>/<video>.json   its sidecar (feature_sidecar.py)
 
-which is the per-video layout the loader reads (windows are sliced from it), and
-a table <out>/<split>/video_info.csv with columns video,fps,frame_num,steps.
-<pretrain> is --pretrain, by default the backbone's name.
+which is the per-video layout the loader reads (windows are sliced from it), and a table
+<out>/<split>/video_info.csv with columns video,fps,frame_num,steps. A clip backbone also
+writes the I3D layout, <out>/<pretrain>_features/<video>.npy [T, sum of D] (RGB then flow),
+which --data_source=i3d reads like the field's THUMOS14 files. <pretrain> is --pretrain, by
+default the backbone's name.
 
 Video names are file names without extension, whitespace replaced by '_'; the
 annotation CSV must use the same names (the table lists them).
 
-Steps. One step every 4 frames at the video's own fps: step t covers frames
-4t..4t+3 and T = frame_num // 4 (floor: a last group of fewer than 4 frames is
-dropped, so every step covers 4 real frames; the test windows of method.md §3
-never reach past (frame_num - 9) // 4 steps). frame_num is the number of frames
-actually decoded, not the container's claim.
+Two kinds of backbone, both one step every 4 frames at the video's own fps:
+- clip backbones (data/clip_features.py): step t is the 16-frame clip of frames 4t .. 4t+15,
+  T = (frame_num - 16) // 4 + 1, the convention of the field's I3D features. i3d is the
+  two-stream Inception-I3D with the public rgb_imagenet.pt / flow_imagenet.pt weights
+  (--weights, --weights-temporal); s3d, r2plus1d_18, mvit_v2_s and swin3d_t are torchvision's
+  Kinetics-400 networks, RGB only, with torchvision's download or --weights PATH.
+- frame backbones: step t covers frames 4t..4t+3, T = frame_num // 4 (a last group of fewer
+  than 4 frames is dropped). resnet50 (torchvision, ImageNet) sees the RGB frame at the
+  centre of the step (4t+2) and, for flow, L = --flow-length consecutive flow fields around
+  it, x and y interleaved (2L channels, clipped to +-20 pixels and divided by 20), in a
+  ResNet-50 whose first conv starts from the RGB weights (cross-modality initialisation;
+  such flow features are far weaker than flow-trained ones). tiny (D = 64) is a three-layer
+  CNN for testing the pipeline quickly.
+frame_num is the number of frames actually decoded, not the container's claim.
 
-Streams. Frames are resized so the short side is --size, then centre-cropped to
---size x --size.
-- spatial: the RGB frame at the centre of the step (frame 4t+2), ImageNet-normalised,
-  through a 2-D CNN.
-- temporal: L = --flow-length (default 5, as in TSN) consecutive optical-flow fields
-  around the centre, flow(k -> k+1) for k = 4t+2-L//2 ... 4t+2-L//2+L-1 (clamped to
-  the video), x and y interleaved (x0, y0, x1, y1, ...), so 2L input channels;
-  displacements in pixels are clipped to +-20 and divided by 20. Flow is OpenCV's
-  TV-L1 when opencv-contrib is installed (--flow auto), else DIS; --flow dis is
-  much faster on a CPU. Flow always runs on the CPU, on --flow-workers threads; the
-  CNNs run batched on the GPU when there is one.
+Weights come from the files given, else torchvision's download where the backbone has one;
+without either the run is refused, unless --random-weights (seeded; for tests: such features
+carry no meaning). Flow is OpenCV's TV-L1 when opencv-contrib is installed (--flow auto), else
+DIS (much faster on a CPU); both run on --flow-workers CPU threads. --flow raft (clip backbones)
+runs torchvision's RAFT on the extraction device. The networks run batched on the GPU when
+there is one.
 
-Backbones.
-- resnet50 (torchvision, D = 2048): --weights PATH (a state dict of torchvision's
-  resnet50), or, without --weights, torchvision's ImageNet weights when the machine
-  can download them, else random weights with a warning. The flow network is a
-  resnet50 whose first conv takes 2L channels: --weights-temporal PATH (2L or 3
-  input channels), else it starts from the spatial weights by averaging the first
-  conv over RGB (cross-modality initialisation). Such ImageNet-initialised flow
-  features are far weaker than flow-trained ones.
-- tiny (D = 64): a three-layer CNN defined here, random (seeded by --seed) or
-  --weights PATH. It exists to test the pipeline quickly; its features carry
-  little information.
-
-Rerunning skips videos whose outputs are complete (every file is written
-atomically). A video that cannot be decoded is reported and skipped; the others
-are still done; the exit status is 1 when any failed.
+Rerunning skips a video whose files are complete and whose sidecars record the same settings
+(backbone, weight file and SHA-256, flow method, crop); another setting re-extracts it. Every
+file is written atomically. A video that cannot be decoded is reported and skipped; the
+others are still done; the exit status is 1 when any failed.
 """
 import argparse
 import hashlib

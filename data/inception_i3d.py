@@ -122,8 +122,9 @@ def load_i3d_weights(net, state_dict, source):
     step counters; those are the only keys allowed to be missing."""
     try:
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:   # a shape that does not fit
-        raise ValueError(f'weights {source} do not fit Inception-I3D: {err}') from None
+    except RuntimeError as err:   # a shape that does not fit; PyTorch's first line is only a heading
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(f'weights {source} do not fit Inception-I3D: {lines[min(1, len(lines) - 1)]}') from None
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing or unexpected:
         shown = ', '.join((missing + unexpected)[:4])
