@@ -138,6 +138,8 @@ def main():
     parser.add_argument('--test-variants', default='fp32,bf16+cl', help='inference variants')
     parser.add_argument('--budget', type=float, default=0, help='seconds; start no measurement after (0: none)')
     parser.add_argument('--json', default=None, help='also write the figures here')
+    parser.add_argument('--compare', action='store_true',
+                        help='end with a table of each variant against the first (fp32 unless --variants says otherwise)')
     try:
         cfg0, args = config.parse_config(parser)
         train_variants, test_variants = args.variants.split(','), args.test_variants.split(',')
@@ -194,6 +196,27 @@ def main():
                 print(f'test  {method:13s} {variant:15s} {out["windows"]} windows: network {out["network_s"]:.3f} s, '
                       f'with the predictions table {out["inference_s"]:.3f} s; post-processing of '
                       f'{out["rows"]} rows {out["postprocess_s"]:.3f} s', flush=True)
+    if args.compare:
+        print_comparison(figures, args.methods.split(','), train_variants, test_variants, cfg0.batch_size)
+
+
+def print_comparison(figures, methods, train_variants, test_variants, batch_size):
+    """Each variant's speed against the first variant of its method, measured in this same run."""
+    print(f'\ncomparison (against {train_variants[0]} for training, {test_variants[0]} for inference):')
+    for method in methods:
+        base = figures['train'].get(f'{method} {train_variants[0]}')
+        for variant in train_variants:
+            out = figures['train'].get(f'{method} {variant}')
+            if out and base:
+                print(f'  train {method:13s} {variant:15s} {out["windows_per_s"]:8.1f} windows/s  '
+                      f'{batch_size / out["windows_per_s"]:7.3f} s per batch of {batch_size}  '
+                      f'x{out["windows_per_s"] / base["windows_per_s"]:.2f}')
+        base = figures['test'].get(f'{method} {test_variants[0]}')
+        for variant in test_variants:
+            out = figures['test'].get(f'{method} {variant}')
+            if out and base:
+                print(f'  test  {method:13s} {variant:15s} network {out["network_s"]:7.3f} s  '
+                      f'x{base["network_s"] / out["network_s"]:.2f}')
 
 
 if __name__ == '__main__':

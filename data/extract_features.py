@@ -623,6 +623,9 @@ def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=
     table = info_path(out, split)
     info = read_info(table)
     todo = [(p, missing_streams(video_name(p), streams, dirs, info, settings)) for p in videos]
+    for p, need in todo:
+        if layout_dir and not need and not os.path.exists(os.path.join(layout_dir, video_name(p) + '.npy')):
+            write_layout_file(video_name(p), dirs, layout_dir)   # the streams are done: only their concatenation
     todo = [(p, s) for p, s in todo if s]
     if len(videos) - len(todo):
         print(f'{len(videos) - len(todo)} of {len(videos)} videos already extracted in '

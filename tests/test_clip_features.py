@@ -195,6 +195,9 @@ def test_i3d_at_25_fps_steps_sidecars_and_layout_file(tmp_path):
     doc = json.loads((out / 'i3d_features' / 'my_video.json').read_text())
     assert doc['settings']['spatial']['channels'] == [0, 1024]
     assert doc['settings']['temporal']['channels'] == [1024, 2048]
+    (out / 'i3d_features' / 'my_video.npy').unlink()   # the streams are done: a rerun only rebuilds the layout file
+    assert extract(tmp_path / 'my video.avi', out, '--random-weights') == 0
+    np.testing.assert_array_equal(np.load(out / 'i3d_features' / 'my_video.npy'), both)
 
 
 def test_no_weights_is_refused_and_a_changed_setting_re_extracts(tmp_path, monkeypatch, capsys):
