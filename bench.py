@@ -139,7 +139,7 @@ def main():
     parser.add_argument('--budget', type=float, default=0, help='seconds; start no measurement after (0: none)')
     parser.add_argument('--json', default=None, help='also write the figures here')
     parser.add_argument('--compare', action='store_true',
-                        help='end with a table of each variant against the first (fp32 unless --variants says otherwise)')
+                        help='end with a table of each variant against the first (e.g. --variants fp32,bf16)')
     try:
         cfg0, args = config.parse_config(parser)
         train_variants, test_variants = args.variants.split(','), args.test_variants.split(',')

@@ -23,7 +23,8 @@ from data import extract_features as ef
 RUNS = [   # (backbone, streams, flow)
     ('i3d', ['spatial'], None), ('i3d', ['temporal'], 'dis'), ('i3d', ['spatial', 'temporal'], 'dis'),
     ('s3d', ['spatial'], None), ('r2plus1d_18', ['spatial'], None), ('mvit_v2_s', ['spatial'], None),
-    ('swin3d_t', ['spatial'], None), ('resnet50', ['spatial', 'temporal'], 'dis'), ('tiny', ['spatial', 'temporal'], 'dis'),
+    ('swin3d_t', ['spatial'], None), ('resnet50', ['spatial', 'temporal'], 'dis'),
+    ('tiny', ['spatial', 'temporal'], 'dis'),
 ]
 
 

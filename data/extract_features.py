@@ -74,8 +74,9 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.m
 STREAMS = ('spatial', 'temporal')
 FRAME_BACKBONES = {'resnet50': 2048, 'tiny': 64}   # one frame (or flow stack) per step: 'frame4'
 BACKBONE_DIMS = {**FRAME_BACKBONES, **{k: v[0] for k, v in clip_features.CLIP_BACKBONES.items()}}
+# Crop sides; those of the torchvision video networks are their weights' and cannot be changed.
 DEFAULT_SIZES = {'resnet50': 224, 'tiny': 64, 'i3d': 224, 's3d': 224, 'r2plus1d_18': 112, 'mvit_v2_s': 224,
-                 'swin3d_t': 224}   # the torchvision ones are their weights' crop; only i3d and the frame ones may change
+                 'swin3d_t': 224}
 DEFAULT_BATCH = {'frame': 32, 'clip': 8}   # steps per network batch: frames, or 16-frame clips
 RESNET50_WEIGHTS = 'ResNet50_Weights.IMAGENET1K_V2'
 FLOW_BOUND = 20.0  # pixels; larger displacements are clipped (TSN's convention)
@@ -612,6 +613,8 @@ def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=
     clip = backbone in clip_features.CLIP_BACKBONES
     if clip and set(streams) - set(clip_features.CLIP_BACKBONES[backbone][1]):
         raise ValueError(f'backbone {backbone} has an RGB stream only: use --streams spatial')
+    if size and clip and backbone != 'i3d' and size != DEFAULT_SIZES[backbone]:
+        raise ValueError(f'--size {size}: {backbone} crops to {DEFAULT_SIZES[backbone]}, as its weights document')
     size = size or DEFAULT_SIZES[backbone]
     flow = resolve_flow(flow, backbone) if 'temporal' in streams else None
     sources = weight_sources(backbone, streams, weights, weights_temporal, random_weights, seed)
