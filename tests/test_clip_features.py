@@ -288,3 +288,10 @@ def test_detect_on_i3d_features(tmp_path, make_config):
     doc = json.loads((out / 'features' / 'detect' / 'temporalDataXi3d' / 'v.json').read_text())
     assert doc['step_convention'] == 'clip16' and doc['steps'] == (120 - 16) // 4 + 1
     assert json.loads((out / 'detections.json').read_text())['detections']   # random model: every candidate kept
+
+
+def test_torchvision_backbone_crop_is_fixed(tmp_path):
+    write_video(tmp_path / 'v.avi', moving_box(16), fps=25)
+    with pytest.raises(SystemExit, match=r'--size 64: s3d crops to 224, as its weights document'):
+        ef.main([str(tmp_path / 'v.avi'), '--split', 'val', '--out', str(tmp_path / 'f'), '--backbone', 's3d',
+                 '--streams', 'spatial', '--size', '64', '--random-weights'])
