@@ -22,6 +22,10 @@
 # logs/ in the current folder (or --models_dir=, --results_dir=, --logs_dir=):
 # each stream's console output to logs/<mode>_<pretrain>_<method>.out, its
 # per-epoch loss lines to logs/<mode>_<pretrain>_<method>.log.
+#
+# One after the other, every stage runs in one process (pipeline.py: torch imported once, one
+# CUDA context, one cuDNN autotune; it prints the time of each stage); the outputs are the same
+# bytes as with one process per script, which ONE_PROCESS=0 bash run.sh ... keeps.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -33,6 +37,10 @@ PYTHON=${PYTHON:-python}
 modes=(temporal spatial)
 case ${EARLY_FUSION:-0} in 0) ;; 1) modes+=(concat) ;; *)
     echo "run.sh: EARLY_FUSION must be 0 or 1, got '${EARLY_FUSION}'" >&2; exit 2 ;;
+esac
+
+case ${ONE_PROCESS:-1} in 0|1) ;; *)
+    echo "run.sh: ONE_PROCESS must be 0 or 1, got '${ONE_PROCESS}'" >&2; exit 2 ;;
 esac
 
 case $stage in train|test|fuse|train_test_fuse) ;; *)
@@ -66,10 +74,24 @@ run_stream() {
     fi
 }
 
+gpus=0; parallel=0
 if [[ $stage != fuse ]]; then
     gpus=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+    if (( gpus >= 2 )) || { (( gpus == 1 )) && [[ ${SHARE_GPU:-0} == 1 ]]; }; then parallel=1; fi
+fi
+
+if [[ ${ONE_PROCESS:-1} == 1 && $parallel == 0 ]]; then
+    [[ $stage == fuse ]] && what="fusion and evaluation" || what="${gpus} GPU(s): ${modes[*]} one after the other"
+    echo "run.sh: $what, in one process (pipeline.py; ONE_PROCESS=0: one process per script)"
+    EARLY_FUSION=${EARLY_FUSION:-0} $PYTHON -u "$here/pipeline.py" "$stage" "$pretrain" "$method" "${overrides[@]}" \
+        || exit $?
+    echo "run.sh: $((SECONDS / 60)) minutes and $((SECONDS % 60)) seconds elapsed."
+    exit 0
+fi
+
+if [[ $stage != fuse ]]; then
     declare -A status
-    if (( gpus >= 2 )) || { (( gpus == 1 )) && [[ ${SHARE_GPU:-0} == 1 ]]; }; then
+    if (( parallel )); then
         second=$(( gpus >= 2 ? 1 : 0 ))
         echo "run.sh: $gpus GPU(s): temporal on GPU 0 and spatial on GPU $second, in parallel"
         CUDA_VISIBLE_DEVICES=0 run_stream temporal > "$logs/temporal_${pretrain}_${method}.out" 2>&1 &

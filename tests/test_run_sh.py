@@ -1,4 +1,5 @@
-"""run.sh end to end on a small synthetic dataset: both streams, test, fuse, evaluate."""
+"""run.sh end to end on a small synthetic dataset: both streams, test, fuse, evaluate (in one process, as
+run.sh runs them without two GPUs; tests/test_pipeline.py compares that with one process per script)."""
 import json
 import os
 import subprocess
@@ -67,7 +68,7 @@ def test_early_and_late_fusion_from_the_json_and_features_alone(synthetic_i3d, t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for mode in ('temporal', 'spatial', 'concat'):
         assert (tmp_path / 'results' / f'result_{mode}_I3D_decouple_ssad.txt').stat().st_size > 0, mode
-    summary = proc.stdout[proc.stdout.index('run.sh: summary'):]
+    summary = proc.stdout[proc.stdout.index('summary, mAP (%)'):]
     for label in ('late fusion', 'early fusion (concat)', 'RGB only (spatial)', 'flow only (temporal)',
                   'kit avg 0.3:0.7', 'anet avg 0.3:0.7', 'annotation JSON'):
         assert label in summary, summary
@@ -80,13 +81,18 @@ def test_early_fusion_switch_is_checked(tmp_path):
     assert proc.returncode == 2 and 'EARLY_FUSION must be 0 or 1' in proc.stderr
 
 
-def test_a_failing_stream_stops_before_fusing(synthetic, tmp_path):
+@pytest.mark.parametrize('one_process', ['0', '1'])
+def test_a_failing_stream_stops_before_fusing(synthetic, tmp_path, one_process):
     args = overrides(synthetic)
     args[1] = f'--feature_path={tmp_path}/no_such_features'
-    proc = run_sh(tmp_path, 'train_test_fuse', 'synthetic', 'main_stream', *args)
-    assert proc.returncode != 0
+    proc = run_sh(tmp_path, 'train_test_fuse', 'synthetic', 'main_stream', *args, env={'ONE_PROCESS': one_process})
+    assert proc.returncode == 1
     assert 'temporal stream failed' in proc.stderr and 'Nothing was fused' in proc.stderr
     assert not (tmp_path / 'results' / 'result_fuse_synthetic_main_stream.txt').exists()
+    log = (tmp_path / 'logs' / 'temporal_synthetic_main_stream.out').read_text().splitlines()
+    assert log[-1].startswith('error: ') and 'no_such_features' in log[-1]
+    if one_process == '1':  # the stream's output went by on stdout; the error is one line
+        assert len(proc.stderr.strip().splitlines()) == 1 and 'no_such_features' in proc.stderr
 
 
 def test_unknown_stage_is_refused(tmp_path):
