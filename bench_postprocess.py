@@ -9,8 +9,9 @@
 conf U(-0.2, 1.1), box centres U(0, 512) and widths U(8, 256); about 380k detections
 survive. --table=realistic looks like a trained model's output (most anchors
 confidently background, the rest mostly the video's class). Prints the seconds of each
-stage: writing the predictions CSV, reading it, the post-processing before the NMS,
-the NMS, and formatting the result file.
+stage: writing the predictions CSV, reading it, the post-processing (and of it the NMS,
+summed over the threads that run it) and formatting the result file. --windows below
+--videos gives one window to each of --windows videos.
 """
 import argparse
 import os
@@ -27,9 +28,16 @@ import thumos14
 
 def test_windows(rng, num_windows, num_videos):
     """(video names, video of each window, window start frames): window counts per video like
-    THUMOS14 test (a few long videos, many short ones), a window every 256 frames."""
+    THUMOS14 test (a few long videos, many short ones), a window every 256 frames. Every video
+    has a window, so there are at most num_windows videos."""
+    num_videos = max(1, min(num_videos, num_windows))
     weights = rng.lognormal(0.0, 0.8, num_videos)
-    per_video = np.maximum(1, np.floor(weights / weights.sum() * num_windows)).astype(np.int64)
+    share = weights / weights.sum()
+    per_video = np.maximum(1, np.floor(share * num_windows)).astype(np.int64)
+    if per_video.sum() - per_video.max() >= num_windows:
+        # The largest video cannot give up the windows that the one-window minimum adds:
+        # one window each, the rest shared by weight.
+        per_video = 1 + np.floor(share * (num_windows - num_videos)).astype(np.int64)
     per_video[np.argmax(per_video)] += num_windows - per_video.sum()
     names = np.array([f'video_test_{i:07d}' for i in range(num_videos)], dtype=object)
     win_video = np.repeat(np.arange(num_videos), per_video)
@@ -41,7 +49,7 @@ def synthetic_predictions(num_windows=5103, num_videos=210, foreground=0.1, seed
     """Column arrays of a realistic predictions table (see the module docstring)."""
     rng = np.random.default_rng(seed)
     names, win_video, win_start = test_windows(rng, num_windows, num_videos)
-    video_class = rng.integers(1, thumos14.NUM_CLASSES, num_videos)
+    video_class = rng.integers(1, thumos14.NUM_CLASSES, len(names))
 
     n = num_windows * anchors
     row_window = np.repeat(np.arange(num_windows), anchors)
@@ -102,29 +110,31 @@ def issue_predictions(num_windows=5103, num_videos=210, seed=0, anchors=140):
 
 
 def time_stages(frame, cfg, fps_of, repeat):
-    """Best seconds of post_process and of its NMS over `repeat` runs, and of formatting."""
-    nms_times, orig = [], P.greedy_nms
+    """Best seconds over `repeat` runs of the post-processing (postprocess.detections), of its
+    NMS (summed over the threads that run it, one per core) and of the result text."""
+    nms_times, orig = [], P.nms_sorted
 
-    def timed_nms(*args):
+    def timed_nms(*args, **kwargs):
         t = time.perf_counter()
-        keep = orig(*args)
-        nms_times.append(time.perf_counter() - t)
+        keep = orig(*args, **kwargs)
+        nms_times[-1] += time.perf_counter() - t
         return keep
-    P.greedy_nms = timed_nms
+    P.nms_sorted = timed_nms
     try:
-        P.post_process(frame.iloc[:1000], cfg, fps_of)  # warm-up
-        nms_times.clear()
+        nms_times.append(0.0)
+        P.detections(frame.iloc[:1000], cfg, fps_of)  # warm-up
         times, write_times = [], []
         for _ in range(repeat):
+            nms_times.append(0.0)
             t0 = time.perf_counter()
-            det = P.post_process(frame, cfg, fps_of)
+            det = P.detections(frame, cfg, fps_of)
             t1 = time.perf_counter()
-            text = thumos14.format_results(det)
+            text = P.result_text(det) or thumos14.format_results(P.detections_frame(det))
             times.append(t1 - t0)
             write_times.append(time.perf_counter() - t1)
     finally:
-        P.greedy_nms = orig
-    return det, min(times), min(nms_times), min(write_times), len(text)
+        P.nms_sorted = orig
+    return det, min(times), min(nms_times[1:]), min(write_times), len(text)
 
 
 def main():
@@ -138,6 +148,8 @@ def main():
     parser.add_argument('--repeat', type=int, default=3)
     try:
         cfg, args = C.parse_config(parser)
+        if args.windows < 1 or args.videos < 1:
+            raise ValueError(f'--windows and --videos must be at least 1, got {args.windows} and {args.videos}')
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     fps_of = thumos14.FpsTable()
@@ -156,12 +168,15 @@ def main():
                 print(f'wrote {path}')
                 return
         t0 = time.perf_counter()
-        frame = predictions.read_predictions(path)
+        with P.small_pages():
+            frame = predictions.read_predictions(path)
         print(f'read and validate: {time.perf_counter() - t0:.2f} s')
-    det, total, nms, fmt, size = time_stages(frame, cfg, fps_of, args.repeat)
+    with P.small_pages():   # as test.py --predictions runs
+        det, total, nms, fmt, size = time_stages(frame, cfg, fps_of, args.repeat)
     kept = ((frame.score_0 < cfg.filter_neg_threshold) & (frame.conf > cfg.filter_conf_threshold)).sum()
-    print(f'{len(frame):,} prediction rows ({kept:,} pass the filters) -> {len(det):,} detections')
-    print(f'post-processing: best {total:.3f} s of {args.repeat} (NMS {nms:.3f} s, the rest {total - nms:.3f} s)')
+    print(f'{len(frame):,} prediction rows ({kept:,} pass the filters) -> {len(det["video"]):,} detections')
+    print(f'post-processing: best {total:.3f} s of {args.repeat} (NMS {nms:.3f} s summed over its threads, '
+          f'on {P.cpu_count()} cores)')
     print(f'formatting the result text ({size / 1e6:.1f} MB): best {fmt:.3f} s')
 
 

@@ -12,19 +12,27 @@ From a predictions table (one row per anchor per window) to THUMOS14 detections:
    (identical zero-length boxes) counts as overlapping;
 5. frames / fps -> seconds.
 
-The whole table is processed at once. NMS finds the pairs of candidates that would
-suppress each other with a sweep over the boxes sorted by start (1-D intervals: a box
-can only conflict with the next few starts), for all (video, class) groups together,
-then decides them in a few vectorised rounds.
-Ties in score are broken as the release's `argsort()[::-1]` breaks them for small
-groups: the later candidate in the release's concatenation order goes first.
+The whole table is processed at once, with no loop over rows, candidates or boxes, in a
+thread per core where the work splits (numpy releases the GIL in its array loops): rows
+for the top-3, whole videos for candidates and NMS, lines for the result text. NMS sorts
+the candidates by (video, class, start), finds with a sweep every pair that would suppress
+each other (1-D intervals: a box can only conflict with the next few starts), as an edge
+from the higher priority to the lower, and decides them in a few vectorised rounds, exactly
+as the release's sequential loop does. Ties in score are broken as the release's
+`argsort()[::-1]` breaks them for small groups: the later candidate in the release's
+concatenation order goes first. The result file is written from the arrays, byte for byte
+what thumos14.write_results writes.
 """
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
 import thumos14
+from fileio import atomic_path
 from predictions import ANCHOR_COLUMN, SCORE_COLUMNS, prediction_arrays, read_predictions, window_runs
 from thumos14 import CLASS_REAL, CLIFF_DIVING, DIVING
 
@@ -56,17 +64,99 @@ def top3_candidates(scores, conf):
     scores [N, K] (softmax, column 0 background), conf [N] raw.
     Returns (cls [N, 3] model class index 1..20, score [N, 3]) in float64 like the release.
     """
-    s = scores[:, 1:] * (1.0 / (1.0 + np.exp(-conf)))[:, None]
-    rows = np.arange(len(s))
-    cls = np.empty((len(s), CANDIDATES_PER_ROW), np.int64)
-    val = np.empty((len(s), CANDIDATES_PER_ROW), np.float64)
+    cls, val = _top3_of_rows([scores[:, k] for k in range(scores.shape[1])], np.arange(len(scores)), conf)
+    return cls.T, val.T
+
+
+ROWS_AT_ONCE = 1 << 15   # rows scored at once: a [20, rows] float64 block of 5 MB, reused
+
+
+def _top3_of_rows(columns, rows, conf):
+    """The three candidates of each of `rows` from the K score columns and conf: cls [3, n]
+    (model index 1..K-1), val [3, n]. Blocks of rows, so the class scores stay in cache and
+    no [n, K] table is allocated."""
+    cls = np.empty((CANDIDATES_PER_ROW, len(rows)), np.int64)
+    val = np.empty((CANDIDATES_PER_ROW, len(rows)), np.float64)
+
+    def run(part):   # a thread per part: numpy releases the GIL in its loops
+        for lo in range(part.start, part.stop, ROWS_AT_ONCE):
+            block = slice(lo, min(lo + ROWS_AT_ONCE, part.stop))
+            cls[:, block], val[:, block] = _top3(_class_scores(columns, rows[block], conf))
+    in_threads(run, _parts(len(rows)))
+    return cls, val
+
+
+def _class_scores(columns, rows, conf):
+    """s_k = score_k * sigmoid(conf) of `rows`, class-major [K - 1, n]: one contiguous row per
+    class, gathered column by column, so no [N, K] copy of the whole table is made."""
+    sig = 1.0 / (1.0 + np.exp(-conf[rows]))
+    s = np.empty((len(columns) - 1, len(rows)), np.float64)
+    for k, column in enumerate(columns[1:]):
+        np.multiply(column[rows], sig, out=s[k])
+    return s
+
+
+def _top3(s):
+    """Three candidates from class-major scores s [K - 1, n] (zeroed in place), as the release
+    finds them: cls [3, n] (model index 1..K-1), val [3, n]."""
+    m, n = s.shape
+    flat = s.reshape(-1)
+    cls = np.empty((CANDIDATES_PER_ROW, n), np.int64)
+    val = np.empty((CANDIDATES_PER_ROW, n), np.float64)
     for k in range(CANDIDATES_PER_ROW):
-        # np.argmax returns the first maximum, as list.index(max(list)) does; zeroing
-        # the taken maximum (rather than masking it) is the release's behaviour.
-        cls[:, k] = np.argmax(s, axis=1)
-        val[:, k] = s[rows, cls[:, k]]
-        s[rows, cls[:, k]] = 0.0
+        # The first maximum, as list.index(max(list)) finds it: the first class equal to the
+        # column's max, found class by class over contiguous rows (an argmax across the class
+        # axis transposes); with a NaN, np.argmax's first NaN. Zeroing the taken maximum
+        # (rather than masking it) is the release's behaviour.
+        top = s.max(axis=0)
+        if np.isnan(top).any():
+            cls[k] = np.argmax(s, axis=0)
+        else:
+            cls[k] = m - 1
+            for j in range(m - 2, -1, -1):
+                np.copyto(cls[k], j, where=s[j] == top)
+        at = cls[k] * n + np.arange(n)
+        val[k] = flat[at]
+        flat[at] = 0.0
     return cls + 1, val
+
+
+def _candidates(video, by_start, cls, val):
+    """Every candidate of §10 steps 2-3 of the rows `by_start`, in (video, class, xmin) order,
+    the order the NMS sweeps.
+
+    video [n] codes of the filtered rows; by_start: some of them, sorted by (video, xmin);
+    cls, val [3, n] from _top3. Returns dict(row, class_id, score, tie, group) per candidate.
+    `tie` is the candidate's position in the release's list (per video: first choices in row
+    order, then second, then third, then the Diving copies of CliffDiving candidates in that
+    order): among equal scores the larger goes first. The six candidate slots of each row
+    (three choices, three possible Diving copies) are laid out row by row, so one stable sort
+    by group (a radix sort on 16-bit keys), empty slots last, gives the order.
+    """
+    n = cls.shape[1]
+    class_id = np.asarray(CLASS_REAL, np.uint8)[cls[:, by_start]].T        # [n, 3], rows by start
+    copy = np.where(class_id == CLIFF_DIVING, DIVING, 0).astype(np.uint8)  # Diving copies, or 0: none
+    slot_class = np.concatenate([class_id, copy], axis=1)                 # [n, 6]
+    width = max(CLASS_REAL) + 1
+    first = video[by_start].astype(np.int64) * width
+    # The group of every slot, empty slots after all groups; 16 bits where they fit (radix sort).
+    kind = np.uint16 if 0 <= first.min(initial=0) and first.max(initial=0) + width < 2 ** 16 else np.int64
+    group = first.astype(kind)[:, None] + slot_class
+    present = slot_class != 0
+    group[~present] = first.max(initial=0) + width
+    at = np.argsort(group.reshape(-1), kind='stable')[:np.count_nonzero(present)]
+    group = group.reshape(-1)[at]
+    rank, slot = np.divmod(at, 2 * CANDIDATES_PER_ROW)
+    row = by_start[rank]
+    return dict(row=row, class_id=slot_class.reshape(-1)[at].astype(np.int64), group=group.astype(np.int64),
+                tie=slot * n + row, score=val.reshape(-1)[slot % CANDIDATES_PER_ROW * n + row])
+
+
+def _small_keys(keys):
+    """`keys` as uint16 when they fit, for which numpy's stable sort is a radix sort."""
+    if len(keys) and 0 <= keys.min() and keys.max() < 2 ** 16:
+        return keys.astype(np.uint16)
+    return keys
 
 
 def _nms_rounds(group, start, end, threshold):
@@ -92,90 +182,263 @@ def _nms_rounds(group, start, end, threshold):
     return keep
 
 
-def _conflict_pairs(group, start, end, threshold):
-    """Every pair (a, b), a < b, of candidates of one group with IoU > threshold or NaN, by a sweep.
+BLOCK = 1 << 17   # boxes, or pairs, tested at once: bounds the sweep's temporaries (and keeps them in cache)
 
-    Sorted by (group, start), a box p can only be suppressed by, or suppress, a later box q
-    if q starts before s_p + (1 - t) * len_p: inter <= e_p - s_q and union >= len_p, so
-    IoU > t needs e_p - s_q > t * len_p (and 0/0 needs s_q = s_p). Round k compares every
-    box with the k-th next one at once; a box leaves the sweep at the first q out of its
-    reach (starts only grow), so the loop runs over offsets, never over boxes, and each
-    round's work is the pairs still in reach. Needs end >= start, finite, threshold >= 0.
+
+def _conflict_edges(group, start, end, score, tie, threshold):
+    """Every pair of candidates of one group with IoU > threshold (or 0/0), as edges
+    (winner, loser): the winner has the higher (score, tie). Positions in the input, which
+    must be sorted by (group, start), finite, with end >= start and threshold >= 0; two
+    lists of arrays (winners, losers), a pair of arrays per block of tests.
+
+    Box p's partners are the run of the next count[p] boxes (_reach_counts). The pairs at
+    offset k (p, p + k) are tested for every p at once on contiguous slices while most boxes
+    still have a k-th partner (on THUMOS tables 80% of pairs are at offsets <= 8): that
+    costs per box, not per pair, and needs no gathers. The pairs of the longer runs beyond
+    are listed one by one.
     """
     n = len(group)
-    o = np.lexsort((start, group)).astype(np.int32 if n < 2 ** 31 else np.int64)
-    g, s, e = group[o], start[o], end[o]
-    d = e - s
-    # The bound in floating point: a margin far above the rounding of e - s and of the IoU.
-    reach = s + max(1.0 - threshold, 0.0) * d + 1e-9 * (np.abs(s) + d + 1.0)
-    # One past the last position of each box's group: the sweep never crosses a group.
-    bounds = np.append(np.flatnonzero(g[1:] != g[:-1]) + 1, n)
-    stop = np.repeat(bounds, np.diff(bounds, prepend=0)).astype(o.dtype)
-    p = np.arange(n, dtype=o.dtype)
-    out_a, out_b = [], []
-    k = 1
-    while p.size:
-        q = p + k
-        q[q >= n] = n - 1   # out of range only where the group check below fails anyway
-        near = (p + k < stop[p]) & (s[q] <= reach[p])
-        p, q = p[near], q[near]
-        inter = np.minimum(e[p], e[q]) - s[q]
-        hit = ~(inter / (d[p] + d[q] - inter) <= threshold)
-        out_a.append(o[p[hit]])
-        out_b.append(o[q[hit]])
-        k += 1
-    a = np.concatenate(out_a) if out_a else np.zeros(0, o.dtype)
-    b = np.concatenate(out_b) if out_b else np.zeros(0, o.dtype)
-    return np.minimum(a, b), np.maximum(a, b)
+    d = end - start
+    count = _reach_counts(group, start, d, threshold)
+    at_least = np.cumsum(np.bincount(count)[::-1])[::-1]   # at_least[k]: boxes with count >= k
+    band = int(np.count_nonzero(at_least[1:] >= n / 4))
+    src, dst = [], []
+    for lo in range(0, n, BLOCK):
+        for k in range(1, band + 1):
+            p, q = slice(lo, min(lo + BLOCK, n - k)), slice(lo + k, min(lo + BLOCK + k, n))
+            hit = (count[p] >= k) & _overlaps(end[p], start[q], end[q], d[p], d[q], threshold)
+            if hit.size:
+                at = np.flatnonzero(hit) + lo
+                _add_edges(src, dst, at, at + k, score, tie)
+    rest = np.maximum(count - band, 0)
+    total = np.cumsum(rest)
+    cuts = np.searchsorted(total, np.arange(BLOCK, total[-1], BLOCK))   # about BLOCK pairs each
+    for lo, hi in zip(np.append(0, cuts), np.append(cuts, n)):
+        p, q = _run_pairs(lo, rest[lo:hi])
+        q += band
+        hit = _overlaps(end[p], start[q], end[q], d[p], d[q], threshold)
+        _add_edges(src, dst, p[hit], q[hit], score, tie)
+    return src, dst
 
 
-def _nms_graph(group, start, end, threshold):
-    """Greedy NMS on the conflict pairs: an edge from each candidate to every lower-priority
-    one it would suppress; a candidate is kept once every parent is decided and none is kept.
-    Needs threshold >= 0 and end >= start, so that boxes that do not touch never suppress
-    each other. As many rounds as the longest chain of suppressions (a handful)."""
+def _reach_counts(group, start, d, threshold):
+    """For each box (sorted by group, start) the number of next boxes of its group that may
+    overlap it by more than the threshold.
+
+    A later-starting box q can overlap p by more than t only if s_q <= s_p + (1 - t) * len_p
+    (inter <= e_p - s_q and union >= len_p); the bound has a margin far above the rounding
+    of e - s and of the IoU. One searchsorted finds where each run ends: the starts are made
+    one increasing sequence by adding a multiple of a power of two per group, and rounding
+    is monotone, so every s_q within the bound is counted (a few more may be, and are tested).
+    """
     n = len(group)
-    src, dst = _conflict_pairs(group, start, end, threshold)
+    reach = start + max(1.0 - threshold, 0.0) * d + 1e-9 * (np.abs(start) + d + 1.0)
+    first = np.ones(n, bool)
+    first[1:] = group[1:] != group[:-1]
+    span = 2.0 ** np.ceil(np.log2(2.0 * max(np.abs(start).max(), np.abs(reach).max()) + 2.0))
+    lift = (np.cumsum(first) - 1) * span
+    stop = np.searchsorted(start + lift, reach + lift, side='right')
+    bounds = np.append(np.flatnonzero(first), n)
+    np.minimum(stop, np.repeat(bounds[1:], np.diff(bounds)), out=stop)   # never past the group
+    return stop - np.arange(1, n + 1)
+
+
+def _overlaps(end_p, start_q, end_q, len_p, len_q, threshold):
+    """IoU > threshold, or NaN (0/0), as the release computes it, for q starting at or after p
+    (so max(start) is start_q): inter = min(end) - start_q, iou = inter / (len_p + len_q - inter)."""
+    inter = np.minimum(end_p, end_q)
+    inter -= start_q
+    union = len_p + len_q
+    union -= inter
+    return ~(np.divide(inter, union, out=union) <= threshold)
+
+
+def _run_pairs(lo, count):
+    """(p, q) for p = lo, lo + 1, ... and q = p + 1 .. p + count[p - lo] (intp: the fastest index)."""
+    p = np.arange(lo, lo + len(count))
+    # q = p + 1 + (rank of the pair within p's run) = (pair index) - (first pair of p's run - p - 1)
+    shift = np.cumsum(count) - count - p - 1
+    return np.repeat(p, count), np.arange(int(count.sum())) - np.repeat(shift, count)
+
+
+def _add_edges(src, dst, p, q, score, tie):
+    """Append the pairs (p, q) to the edge lists, each as (winner, loser)."""
+    p_wins = _wins(p, q, score, tie)
+    src.append(np.where(p_wins, p, q))
+    dst.append(np.where(p_wins, q, p))
+
+
+def _wins(p, q, score, tie):
+    """Whether p goes before q: the higher score, or among equal scores the higher tie (looked
+    up for the few equal pairs only)."""
+    sp, sq = score[p], score[q]
+    p_wins = sp > sq
+    same = np.flatnonzero(sp == sq)
+    p_wins[same] = tie[p[same]] > tie[q[same]]
+    return p_wins
+
+
+def _resolve(n, src, dst):
+    """Greedy NMS on the edges winner -> loser (lists of edge arrays): a candidate is kept
+    once every winner over it is suppressed, and suppressed as soon as one is kept. Each round
+    keeps the candidates that no undecided one beats and suppresses what they beat; as many
+    rounds as the longest chain of suppressions (a handful), each over the edges still
+    undecided at both ends. The lists are not joined: the first round, over all edges, leaves
+    a few percent of them."""
     state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 suppressed
-    while True:
-        undecided = state == 0
-        if not undecided.any():
-            return state == 1
-        parent = state[src]
-        blocked = np.zeros(n, bool)
-        killed = np.zeros(n, bool)
-        blocked[dst[parent == 0]] = True
-        killed[dst[parent == 1]] = True
-        state[undecided & killed] = 2
-        state[undecided & ~killed & ~blocked] = 1
-        live = (state[dst] == 0) & (state[src] != 2)
-        src, dst = src[live], dst[live]
+    while src:
+        beaten = np.zeros(n, bool)
+        for loser in dst:
+            beaten[loser] = True
+        kept = ~beaten & (state == 0)
+        state[kept] = 1
+        for winner, loser in zip(src, dst):
+            state[loser[kept[winner]]] = 2
+        live = [(state[winner] == 0) & (state[loser] == 0) for winner, loser in zip(src, dst)]
+        src = [winner[keep] for winner, keep in zip(src, live) if keep.any()]
+        dst = [loser[keep] for loser, keep in zip(dst, live) if keep.any()]
+    return state != 2
 
 
-def greedy_nms(group, start, end, threshold):
-    """Greedy NMS of candidates already sorted by (group, priority); returns a keep mask.
+def nms_sorted(group, start, end, score, tie, threshold, threads=True):
+    """Greedy NMS per group; the candidates sorted by (group, start); returns the keep mask.
 
-    Equals the release's sequential NMS run on each group: keep the first, drop every
-    later one with IoU > threshold, repeat; IoU = inter / (len_a + len_b - inter) with
-    inter = min(end) - max(start) unclamped, and NaN (0/0) counting as overlap.
-    Groups holding a reversed or non-finite box (where the unclamped IoU can suppress boxes
-    that do not touch) go through the exact round-by-round version.
+    Priority: higher score first, then higher `tie` (the release's order among equal scores).
+    Equals the release's sequential NMS run on each group in priority order: keep the first,
+    drop every later one with IoU > threshold, repeat; IoU = inter / (len_a + len_b - inter)
+    with inter = min(end) - max(start) unclamped, and NaN (0/0) counting as overlap. Groups
+    holding a reversed or non-finite box (where the unclamped IoU can suppress boxes that do
+    not touch), or a NaN score, go through the exact round-by-round version. With `threads`,
+    runs of whole groups are swept in a thread per core.
     """
-    group = np.asarray(group)
-    start = np.asarray(start, np.float64)
-    end = np.asarray(end, np.float64)
+    group, start, end = np.asarray(group), np.asarray(start, np.float64), np.asarray(end, np.float64)
+    score, tie = np.asarray(score, np.float64), np.asarray(tie)
     keep = np.zeros(len(group), bool)
     if not len(group):
         return keep
-    odd = ~(end >= start) | ~np.isfinite(start) | ~np.isfinite(end)
-    slow = np.isin(group, group[odd]) if threshold >= 0 else np.ones(len(group), bool)
+    # Coordinates beyond 2^52 (frames!) would make the sweep's lifted starts overflow or lose
+    # all precision; they are exact in the slow version too.
+    odd = ~(end >= start) | ~(np.abs(start) < 2.0 ** 52) | ~(np.abs(end) < 2.0 ** 52) | np.isnan(score)
+    if not (threshold >= 0):
+        odd[:] = True
+    if not odd.any():   # the usual case: no copies
+        return _nms_fast(group, start, end, score, tie, threshold, threads)
+    slow = np.isin(group, group[odd])
+    idx = np.flatnonzero(slow)
+    idx = idx[np.lexsort((-tie[idx], -score[idx], group[idx]))]   # priority order
     with np.errstate(divide='ignore', invalid='ignore'):
-        if slow.any():
-            keep[slow] = _nms_rounds(group[slow], start[slow], end[slow], threshold)
-        fast = ~slow
-        if fast.any():
-            keep[fast] = _nms_graph(group[fast], start[fast], end[fast], threshold)
+        keep[idx] = _nms_rounds(group[idx], start[idx], end[idx], threshold)
+    fast = np.flatnonzero(~slow)
+    keep[fast] = _nms_fast(group[fast], start[fast], end[fast], score[fast], tie[fast], threshold, threads)
     return keep
+
+
+def _nms_fast(group, start, end, score, tie, threshold, threads):
+    """The sweep and the rounds (finite, well-formed boxes sorted by group, start), on runs of
+    whole groups in threads: groups are independent, and numpy releases the GIL in its loops."""
+    def run(part):
+        with np.errstate(divide='ignore', invalid='ignore'):   # per thread: 0/0 is an overlap
+            return _resolve(part.stop - part.start, *_conflict_edges(
+                group[part], start[part], end[part], score[part], tie[part], threshold))
+    parts = _group_parts(group) if threads else [slice(0, len(group))]
+    return np.concatenate([np.zeros(0, bool)] + in_threads(run, parts))
+
+
+PART_MIN = 1 << 16   # items per thread at least: below that a thread costs more than it saves
+
+
+def _parts(n):
+    """range(n) as slices of about equal length, one per core but at least PART_MIN long."""
+    parts = max(1, min(cpu_count(), n // PART_MIN))
+    cuts = [n * i // parts for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+def _group_parts(group):
+    """_parts of the sorted `group`, each cut moved to the next group start."""
+    n = len(group)
+    starts = np.append(np.flatnonzero(group[1:] != group[:-1]) + 1, n)
+    cuts = np.unique(starts[np.searchsorted(starts, [part.stop for part in _parts(n)[:-1]])])
+    edges = [0] + cuts.tolist() + [n]
+    return [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def cpu_count():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
+def in_threads(function, parts):
+    """[function(part) for part in parts], in a thread each when there are several."""
+    if len(parts) < 2:
+        return [function(part) for part in parts]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(function, parts))
+
+
+def greedy_nms(group, start, end, threshold):
+    """Greedy NMS of candidates already sorted by (group, priority); returns a keep mask
+    (nms_sorted, with the input order as the priority)."""
+    group, start = np.asarray(group), np.asarray(start, np.float64)
+    by_start = np.lexsort((start, group))
+    keep = np.empty(len(group), bool)
+    keep[by_start] = nms_sorted(group[by_start], start[by_start], np.asarray(end, np.float64)[by_start],
+                                np.zeros(len(group)), -by_start, threshold)
+    return keep
+
+
+def detections(pred, cfg, fps_of, fused=False):
+    """method.md §10 on a predictions table (DataFrame or column arrays); method.md §11's extra filter when `fused`.
+
+    fps_of: video -> fps, e.g. thumos14.video_fps(cfg.fps_file), a dict or a function.
+    Returns dict(videos [V] names, video [M] index into videos, start, end (seconds),
+    class_id (THUMOS14 id), score) of the M detections, in (video, class, priority) order.
+    """
+    a = prediction_arrays(pred)
+    mask = np.ones(len(a['conf']), bool)
+    if fused:
+        mask &= a['scores'][0] < cfg.filter_neg_threshold_fuse
+    # The release applies the single-stream filters to fused rows as well.
+    mask &= (a['scores'][0] < cfg.filter_neg_threshold) & (a['conf'] > cfg.filter_conf_threshold)
+    rows = np.flatnonzero(mask)
+
+    video, videos = _video_codes(a, rows)
+    xmin, xmax = a['xmin'][rows], a['xmax'][rows]
+    cls, val = _top3_of_rows(a['scores'], rows, a['conf'])
+    by_start = np.argsort(xmin)   # equal starts in any order: only start order matters to the sweep
+    by_start = by_start[np.argsort(_small_keys(video)[by_start], kind='stable')]
+
+    def run(part):
+        """Candidates, NMS and the kept in the release's NMS order ((video, class), score
+        descending, later first) of some whole videos: a thread each, videos are independent."""
+        cand = _candidates(video, by_start[part], cls, val)
+        row = cand['row']
+        keep = nms_sorted(cand['group'], xmin[row], xmax[row], cand['score'], cand['tie'], cfg.nms_threshold,
+                          threads=False)
+        kept = np.flatnonzero(keep)
+        kept = kept[np.argsort(-cand['tie'][kept])]
+        kept = kept[np.argsort(-cand['score'][kept], kind='stable')]
+        kept = kept[np.argsort(_small_keys(cand['group'][kept]), kind='stable')]
+        return row[kept], cand['class_id'][kept], cand['score'][kept]
+    parts = in_threads(run, _group_parts(video[by_start]))
+    kr, class_id, score = (np.concatenate([np.zeros(0, dtype)] + [p[i] for p in parts])
+                           for i, dtype in enumerate((np.intp, np.int64, np.float64)))
+    fps = _fps_array(videos, fps_of)
+    kv = video[kr]
+    return dict(videos=videos, video=kv, start=xmin[kr] / fps[kv], end=xmax[kr] / fps[kv],
+                class_id=class_id, score=score)
+
+
+def _video_codes(a, rows):
+    """(code of each of `rows`, names): codes number the videos in order of first appearance
+    among `rows`, as pd.factorize of their names would. The whole column is factorized once
+    (fast on pandas' Arrow strings), then the few codes renumbered."""
+    code, names = a['video_code'], a['videos']
+    if (code[rows] < 0).any():   # missing names: factorized as the release's object array would be
+        code, names = pd.factorize(np.asarray(a['video_name'], dtype=object)[rows])
+        return code, np.asarray(names, dtype=object)
+    code, used = pd.factorize(code[rows])
+    return code, np.asarray(names, dtype=object)[used]
 
 
 def post_process(pred, cfg, fps_of, fused=False):
@@ -185,49 +448,19 @@ def post_process(pred, cfg, fps_of, fused=False):
     Returns a DataFrame of detections with columns video, start, end (seconds),
     class_id (THUMOS14 id), score; order carries no meaning.
     """
-    a = prediction_arrays(pred)
-    mask = np.ones(len(a['conf']), bool)
-    if fused:
-        mask &= a['scores'][:, 0] < cfg.filter_neg_threshold_fuse
-    # The release applies the single-stream filters to fused rows as well.
-    mask &= (a['scores'][:, 0] < cfg.filter_neg_threshold) & (a['conf'] > cfg.filter_conf_threshold)
-    rows = np.flatnonzero(mask)
-    n = len(rows)
+    return detections_frame(detections(pred, cfg, fps_of, fused))
 
-    video_code, videos = pd.factorize(a['video_name'][rows])
-    cls, score = top3_candidates(a['scores'][rows], a['conf'][rows])
-    class_id = np.asarray(CLASS_REAL, np.int64)[cls]
 
-    # Candidates in the release's order within a video: all first choices (row order),
-    # then all second, then all third, then the Diving copies of CliffDiving candidates.
-    row = np.tile(np.arange(n), CANDIDATES_PER_ROW)
-    cand_class = class_id.T.reshape(-1)
-    cand_score = score.T.reshape(-1)
-    cliff = np.flatnonzero(cand_class == CLIFF_DIVING)
-    row = np.concatenate([row, row[cliff]])
-    cand_class = np.concatenate([cand_class, np.full(len(cliff), DIVING)])
-    cand_score = np.concatenate([cand_score, cand_score[cliff]])
-
-    # NMS priority: (video, class) group, then score descending, then later candidate first.
-    # The candidates are in that release order already, so a stable sort of the reversed
-    # array by (group, -score) gives it.
-    cand_video = video_code[row]
-    group = cand_video * (max(CLASS_REAL) + 1) + cand_class
-    rev = np.arange(len(group))[::-1]
-    order = rev[np.lexsort((-cand_score[rev], group[rev]))]
-    group = group[order]
-    start = a['xmin'][rows][row[order]]
-    end = a['xmax'][rows][row[order]]
-    keep = greedy_nms(group, start, end, cfg.nms_threshold)
-
-    kept = order[keep]
-    fps = _fps_array(np.asarray(videos, dtype=object), fps_of)
-    kv = cand_video[kept]
-    return pd.DataFrame({'video': np.asarray(videos, dtype=object)[kv],
-                         'start': a['xmin'][rows][row[kept]] / fps[kv],
-                         'end': a['xmax'][rows][row[kept]] / fps[kv],
-                         'class_id': cand_class[kept],
-                         'score': cand_score[kept]})
+def detections_frame(det):
+    """detections() output as the DataFrame post_process returns."""
+    videos = det['videos']
+    if all(isinstance(v, str) for v in videos):
+        # The same str column, from the few names: not one Python string per detection to convert.
+        video = pd.Series(pd.Index(videos).take(det['video']))
+    else:
+        video = videos[det['video']]
+    return pd.DataFrame({'video': video, 'start': det['start'], 'end': det['end'],
+                         'class_id': det['class_id'], 'score': det['score']})
 
 
 def weighted_average(t, s, w):
@@ -319,17 +552,128 @@ def _check_window_sizes(video, start, names):
 
 # ----------------------------------------------------------------------------- files
 
+@contextlib.contextmanager
+def small_pages():
+    """For scripts: within the block numpy does not ask for transparent huge pages (madvise),
+    unless NUMPY_MADVISE_HUGEPAGE says otherwise (the setting is the whole process's).
+
+    Post-processing a full table allocates and drops about 1 GB of arrays in a few seconds. On
+    the project's 2-core VMs the kernel zeroes a fresh 2 MB page at about 400 MB/s against
+    2 GB/s for 4 KB pages, so huge pages cost test.py --predictions 1.5 s of system time (a
+    third of its run, measured). NUMPY_MADVISE_HUGEPAGE=0 does the same from the environment.
+    """
+    core = getattr(np, '_core', None) or getattr(np, 'core', None)   # numpy 2, numpy 1
+    setter = getattr(getattr(core, 'multiarray', None), '_set_madvise_hugepage', None)
+    if setter is None or 'NUMPY_MADVISE_HUGEPAGE' in os.environ:
+        yield
+        return
+    previous = setter(False)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def result_text(det):
+    """The bytes thumos14.format_results writes for detections() output (thumos14.RESULT_FORMAT
+    per line), in numpy: each field as right-aligned ASCII digits in a byte matrix, one row per
+    line, 0 where a field is shorter than its column, and the 0s dropped. None when a video
+    name is not ASCII (its bytes would depend on the locale: left to the text-mode writer) or
+    holds a NUL."""
+    names = [str(v) for v in det['videos']]   # what '%s' prints
+    if not all(name.isascii() and '\0' not in name for name in names):
+        return None
+    table = np.zeros((len(names), max(map(len, names), default=0)), np.uint8)
+    for i, name in enumerate(names):   # a loop over videos: a few hundred
+        table[i, :len(name)] = np.frombuffer(name.encode('ascii'), np.uint8)
+    columns = [np.asarray(det[key]) for key in ('video', 'start', 'end', 'class_id', 'score')]
+    parts = _parts(len(columns[0]))   # lines in threads: numpy releases the GIL in its loops
+    return b''.join(in_threads(lambda part: _lines_text(names, table, *[c[part] for c in columns]), parts))
+
+
+def _lines_text(names, table, video, start, end, class_id, score):
+    """result_text of some detections: names and their bytes (table [V, width], 0-padded)."""
+    n = len(video)
+    class_id = class_id.astype(np.int64)
+    start_text, start_ok = _fixed_digits(start, 3)
+    end_text, end_ok = _fixed_digits(end, 3)
+    score_text, score_ok = _fixed_digits(score, 4)
+    class_text = _digits(np.maximum(class_id, 0), len(str(max(int(class_id.max(initial=0)), 0))))
+    tab, newline = np.full((n, 1), ord('\t'), np.uint8), np.full((n, 1), ord('\n'), np.uint8)
+    lines = np.concatenate([table[video], tab, start_text, tab, end_text, tab, class_text, tab, score_text, newline],
+                           axis=1)
+    # Lines with a value numpy cannot print as % does are printed by Python and spliced in.
+    odd = np.flatnonzero(~(start_ok & end_ok & score_ok & (class_id >= 0)))
+    lines[odd] = 0
+    text = lines[lines != 0].tobytes()
+    if not odd.size:
+        return text
+    length = np.count_nonzero(lines, axis=1)
+    at = (np.cumsum(length) - length)[odd]   # where each odd line goes in the text
+    pieces = np.split(np.frombuffer(text, np.uint8), at)
+    values = zip(video[odd].tolist(), start[odd].tolist(), end[odd].tolist(), class_id[odd].tolist(),
+                 score[odd].tolist())
+    extra = [(thumos14.RESULT_FORMAT % (names[v], *rest)).encode('ascii') for v, *rest in values]
+    return b''.join(p for pair in zip(pieces, extra + [b'']) for p in (pair[0].tobytes(), pair[1]))
+
+
+def _fixed_digits(values, decimals):
+    """f'%.{decimals}f' % v of every value as right-aligned ASCII bytes [n, w] (0 = no byte),
+    and where that is exact.
+
+    k = x * 10^d rounded to an integer gives the digits. Below 1e9 the product is within
+    1.2e-7 of the exact one, so k is what % prints (the exact value, correctly rounded) unless
+    the product lies within 1e-6 of a half: those values, negative ones ('-0.000'), the huge
+    and the non-finite (a few in a million) are not exact here.
+    """
+    x = np.asarray(values, np.float64)
+    with np.errstate(invalid='ignore', over='ignore'):
+        y = x * 10.0 ** decimals
+        whole = np.floor(y)
+        frac = y - whole
+        exact = (y < 1e9) & ~np.signbit(x) & (np.abs(frac - 0.5) > 1e-6)
+    units, part = np.divmod(np.where(exact, whole + (frac > 0.5), 0).astype(np.int64), 10 ** decimals)
+    point = np.full((len(x), 1), ord('.'), np.uint8)
+    width = len(str(int(units.max(initial=0))))
+    return np.concatenate([_digits(units, width), point, _digits(part, decimals, pad=True)], axis=1), exact
+
+
+def _digits(values, width, pad=False):
+    """Decimal digits of non-negative int64 `values` below 10^width, right-aligned in [n, width]
+    ASCII bytes: leading zeros are 0 (no byte), or '0' with `pad`; a value 0 is '0'. One
+    division by 10 per digit (a scalar divisor, which numpy divides by fast)."""
+    out = np.zeros((len(values), width), np.uint8)
+    rest = values.astype(np.int32 if values.max(initial=0) < 2 ** 31 else np.int64)
+    for j in range(width - 1, -1, -1):
+        higher = rest // 10
+        digit = (rest - higher * 10 + ord('0')).astype(np.uint8)
+        out[:, j] = digit if pad or j == width - 1 else np.where(rest > 0, digit, 0)
+        rest = higher
+    return out
+
+
+def write_detections(path, det):
+    """Write detections() output as a THUMOS14 result file, atomically: thumos14.write_results' bytes."""
+    text = result_text(det)
+    if text is None:
+        thumos14.write_results(path, detections_frame(det))
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(text)
+
+
 def process_file(pred_path, out_path, cfg, fps_of):
     """Re-post-process an existing predictions CSV into a result file; returns the detections."""
-    det = post_process(read_predictions(pred_path), cfg, fps_of)
-    thumos14.write_results(out_path, det)
-    return det
+    det = detections(read_predictions(pred_path), cfg, fps_of)
+    write_detections(out_path, det)
+    return detections_frame(det)
 
 
 def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of):
     """method.md §11 from two predictions CSVs into a result file; returns the detections."""
     fused = fuse_predictions(read_predictions(temporal_path), read_predictions(spatial_path), cfg,
                              names=(temporal_path, spatial_path))
-    det = post_process(fused, cfg, fps_of, fused=True)
-    thumos14.write_results(out_path, det)
-    return det
+    det = detections(fused, cfg, fps_of, fused=True)
+    write_detections(out_path, det)
+    return detections_frame(det)

@@ -24,32 +24,38 @@ ANCHOR_COLUMN = 'anchor'
 
 
 def prediction_arrays(pred):
-    """Column arrays of a predictions table given as a DataFrame or a dict.
+    """Column arrays of a predictions table given as a DataFrame or a dict, without copying
+    what is float64 already (a DataFrame's columns come as views).
 
     A dict may hold `scores` [N, K] instead of the K = NUM_CLASSES score_k columns.
-    Returns dict(video_name [N] str, start [N] int64, conf, xmin, xmax [N] float64, scores [N, K] float64).
+    Returns dict(video_name [N] as given, video_code [N] and videos [V]: pd.factorize of the
+    names (code -1: a missing name), start [N] int64, conf, xmin, xmax [N] float64,
+    scores: a list of the K score columns, each [N] float64).
     """
     if isinstance(pred, pd.DataFrame):
         missing = [c for c in PRED_COLUMNS if c not in pred.columns]
         if missing:
             raise ValueError(f'predictions table lacks columns {missing}')
-        scores = pred[SCORE_COLUMNS].to_numpy(np.float64)
-        get = pred.__getitem__
+        scores = [pred[c].to_numpy(np.float64) for c in SCORE_COLUMNS]
+    elif 'scores' in pred:
+        block = np.asarray(pred['scores'], dtype=np.float64)
+        if block.ndim != 2 or block.shape[1] != NUM_CLASSES:
+            raise ValueError(f'predictions table: scores must be [N, {NUM_CLASSES}], got {block.shape}')
+        scores = [block[:, k] for k in range(NUM_CLASSES)]
     else:
-        scores = pred['scores'] if 'scores' in pred else np.stack([pred[c] for c in SCORE_COLUMNS], 1)
-        get = pred.__getitem__
-    out = dict(video_name=np.asarray(get('video_name'), dtype=object),
-               start=np.asarray(get('start'), dtype=np.int64),
-               conf=np.asarray(get('conf'), dtype=np.float64),
-               xmin=np.asarray(get('xmin'), dtype=np.float64),
-               xmax=np.asarray(get('xmax'), dtype=np.float64),
-               scores=np.asarray(scores, dtype=np.float64))
-    n = len(out['video_name'])
-    for key, value in out.items():
+        scores = [np.asarray(pred[c], dtype=np.float64) for c in SCORE_COLUMNS]
+    names = pred['video_name']
+    code, videos = pd.factorize(names if isinstance(names, pd.Series) else np.asarray(names, dtype=object))
+    out = dict(video_name=names, video_code=code, videos=np.asarray(videos, dtype=object),
+               start=np.asarray(pred['start'], dtype=np.int64),
+               conf=np.asarray(pred['conf'], dtype=np.float64),
+               xmin=np.asarray(pred['xmin'], dtype=np.float64),
+               xmax=np.asarray(pred['xmax'], dtype=np.float64))
+    n = len(code)
+    for key, value in list(out.items())[3:] + [(c, s) for c, s in zip(SCORE_COLUMNS, scores)]:
         if len(value) != n:
             raise ValueError(f'predictions table: column {key} has {len(value)} rows, video_name has {n}')
-    if out['scores'].ndim != 2 or out['scores'].shape[1] != NUM_CLASSES:
-        raise ValueError(f'predictions table: scores must be [N, {NUM_CLASSES}], got {out["scores"].shape}')
+    out['scores'] = scores
     return out
 
 
@@ -103,20 +109,31 @@ def read_predictions(path):
 
 
 def _checked_predictions(df, path):
-    """The table read from `path` with its columns typed; the first bad line is an error."""
+    """The table read from `path` with its columns typed; the first bad line is an error.
+
+    Columns the reader typed float64 (int64 below 2^53) already are checked where they lie;
+    only others are converted, so a good file's table is not copied.
+    """
     missing = [c for c in PRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f'{path}, line 1: missing columns {missing}; the header must be {",".join(PRED_COLUMNS)}')
     names = df['video_name']
-    bad = names.isna().to_numpy() | (names.astype(str).str.strip() == '').to_numpy()
-    if bad.any():
+    # Blank names: looked for among the distinct names first (a few hundred, not a row each).
+    if names.isna().any() or any(str(v).strip() == '' for v in names.unique()):
+        bad = names.isna().to_numpy() | (names.astype(str).str.strip() == '').to_numpy()
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f'{path}, line {i + 2}: empty video_name')
     columns = PRED_COLUMNS + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else [])
     for col in columns[1:]:
+        integer = col in ('start', ANCHOR_COLUMN)
+        values = df[col].to_numpy()
+        if values.dtype == (np.int64 if integer else np.float64):
+            # int64 at or above 2^53 take the float round trip below, as they always have
+            good = ((values >= 0) & (values < 2 ** 53)).all() if integer else np.isfinite(values).all()
+            if good:
+                continue
         values = pd.to_numeric(df[col], errors='coerce').to_numpy(np.float64)
         bad = ~np.isfinite(values)
-        integer = col in ('start', ANCHOR_COLUMN)
         if integer:
             bad |= (values != np.round(values)) | (values < 0)
         if bad.any():
@@ -125,14 +142,15 @@ def _checked_predictions(df, path):
             raise ValueError(f'{path}, line {i + 2}: column {col}: {df[col].iloc[i]!r} is not {kind}')
         df[col] = values.astype(np.int64) if integer else values
     df['video_name'] = names.astype(str)
-    return df[columns]
+    return df if list(df.columns) == columns else df[columns]
 
 
 def window_runs(video, start):
     """Start row of every run of consecutive rows of one window (video, start), plus len."""
     n = len(video)
     new = np.ones(n, bool)
-    new[1:] = (video[1:] != video[:-1]) | (start[1:] != start[:-1])
+    # np.asarray: `video` may be a pandas array (Arrow strings compare without Python objects)
+    new[1:] = np.asarray(video[1:] != video[:-1], dtype=bool) | (start[1:] != start[:-1])
     return np.append(np.flatnonzero(new), n)
 
 
@@ -140,7 +158,7 @@ def _warn_scattered_windows(df, path):
     """A window whose rows are not all together (the file holds it twice, apart) is suspicious:
     its anchors would be post-processed twice. Repeats next to each other are legal (the
     released window lists repeat the end-aligned window)."""
-    video = df['video_name'].to_numpy(dtype=object)
+    video = df['video_name'].array
     start = df['start'].to_numpy(np.int64)
     runs = window_runs(video, start)[:-1]
     if not len(runs):

@@ -203,7 +203,8 @@ def main(argv=None):
                                  '--features or --windows')
             out = args.out or C.get_result_path(cfg)
             check_writable(out)
-            det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))
+            with postprocess.small_pages():
+                det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))
             print(f'wrote {out} ({len(det):,} detections from {args.predictions})')
         else:
             import torch

@@ -1,6 +1,7 @@
 """The predictions CSV through pyarrow (same bytes, same table, same errors as the plain
-writer and the pandas reader), the sweep NMS against the exact round-by-round one, and
-test.py --predictions without torch."""
+writer and the pandas reader), the sweep NMS against the exact round-by-round one and a
+plain greedy loop, the result text against thumos14.format_results, the threaded
+post-processing, and test.py --predictions without torch."""
 import os
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import config as C
 import postprocess as P
 import predictions
+import thumos14
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,3 +139,77 @@ def test_predictions_path_does_not_import_torch(shared, tmp_path):
                    cwd=REPO, check=True, capture_output=True)
     assert sorted(out.read_text().splitlines()) == sorted(
         (shared / 'reference' / 'result_temporal.txt').read_text().splitlines())
+
+
+# ----------------------------------------------------------------------------- NMS with scores, against a plain loop
+
+def greedy_reference(group, start, end, score, tie, threshold):
+    """The release's NMS as a plain loop per group: best (score, then tie) first, drop every
+    later box with IoU > threshold (NaN, 0/0, counts as overlap), repeat."""
+    keep = np.zeros(len(group), bool)
+    for g in np.unique(group):
+        order = sorted(np.flatnonzero(group == g).tolist(), key=lambda i: (-score[i], -tie[i]))
+        while order:
+            i = order.pop(0)
+            keep[i] = True
+            rest = []
+            for j in order:
+                inter = min(end[i], end[j]) - max(start[i], start[j])
+                union = (end[i] - start[i]) + (end[j] - start[j]) - inter
+                iou = inter / union if union != 0 else (np.nan if inter == 0 else np.copysign(np.inf, inter))
+                if iou <= threshold:
+                    rest.append(j)
+            order = rest
+    return keep
+
+
+def scored_boxes(rng, n, groups):
+    """Boxes sorted by (group, start) with many equal scores, zero-width and identical boxes,
+    dense enough that some runs of partners are longer than the sweep's band."""
+    group, start, end = random_boxes(rng, n, groups, rng.choice([15, 60, 300]))
+    same = rng.random(n) < 0.1
+    start[same], end[same] = 40.0, 40.0 + rng.choice([0.0, 10.0], same.sum())   # identical boxes and points
+    order = np.lexsort((start, group))
+    score = rng.integers(0, 6, n) / 5.0          # ties everywhere
+    tie = rng.permutation(n)
+    return group[order], start[order], end[order], score, tie
+
+
+@pytest.mark.parametrize('seed', range(10))
+def test_scored_nms_equals_plain_greedy_loop(seed, monkeypatch):
+    rng = np.random.default_rng(100 + seed)
+    group, start, end, score, tie = scored_boxes(rng, 1500, 4)
+    if seed % 2:
+        # several threads on several runs of groups, as on a full-size table
+        monkeypatch.setattr(P, 'PART_MIN', 64)
+        monkeypatch.setattr(P, 'cpu_count', lambda: 3)
+    for threshold in (0.2, 0.0, 0.7, 1.0):
+        np.testing.assert_array_equal(P.nms_sorted(group, start, end, score, tie, threshold),
+                                      greedy_reference(group, start, end, score, tie, threshold))
+
+
+# ----------------------------------------------------------------------------- the result text
+
+def test_result_text_is_format_results():
+    rng = np.random.default_rng(5)
+    n = 20000
+    odd = np.array([0.0, -0.0, 0.0625, 0.0005, 1.0005, 0.03125, 999999.9995, 1e9, 123456789.5, 5e-324,
+                    np.nan, np.inf, -np.inf, -1.5, 1e300])
+    values = [np.concatenate([rng.random(n - len(odd)) * scale, odd]) for scale in (5000, 5000, 1)]
+    det = dict(videos=np.array(['video_test_0000004', 'v', 'name with spaces', '7'], object),
+               video=rng.integers(0, 4, n), start=rng.permutation(values[0]), end=rng.permutation(values[1]),
+               class_id=rng.integers(0, 100, n), score=rng.permutation(values[2]))
+    expected = thumos14.format_results(P.detections_frame(det)).encode()
+    assert P.result_text(det) == expected
+    assert P.result_text({**det, 'videos': np.array(['vidéo', 'v', 'w', 'x'], object)}) is None  # locale's bytes
+    assert P.result_text({k: (v if k == 'videos' else v[:0]) for k, v in det.items()}) == b''
+
+
+def test_threaded_post_processing_reproduces_reference(shared, monkeypatch, tmp_path):
+    # Small parts, so that top-3, candidates, NMS and the text run in several threads.
+    monkeypatch.setattr(P, 'PART_MIN', 256)
+    monkeypatch.setattr(P, 'cpu_count', lambda: 3)
+    ref = shared / 'reference'
+    P.process_file(str(ref / 'predict_temporal.csv'), str(tmp_path / 'r.txt'), C.Config(), thumos14.video_fps())
+    assert sorted((tmp_path / 'r.txt').read_text().splitlines()) == sorted(
+        (ref / 'result_temporal.txt').read_text().splitlines())
