@@ -85,7 +85,7 @@ def bench_training(cfg, data, device, flops):
     total = time.time() - t0
     speed = result['windows_per_s']
     epoch_s = len(data['features']) / speed
-    return {'windows_per_s': round(speed, 1), 'epoch_s': round(epoch_s, 2),
+    return {'windows_per_s': round(speed, 3), 'epoch_s': round(epoch_s, 2),
             'first_epoch_s': round(result['epoch_seconds'][0], 2),
             'projected_31_epochs_s': round(31 * epoch_s, 1), 'measured_total_s': round(total, 1),
             'tflop_per_s': round(speed * flops / 1e12, 2),
