@@ -332,10 +332,95 @@ def format_results(det):
     return ''.join(map(RESULT_FORMAT.__mod__, rows))
 
 
+def result_bytes(names, video, start, end, class_id, score, map_parts=None):
+    """format_results' bytes, built in numpy: each field as right-aligned ASCII digits in a byte
+    matrix, one row per line, 0 where a field is shorter than its column, and the 0s dropped.
+    Values numpy cannot print exactly as % does (near a rounding tie, negative, huge,
+    non-finite) are printed by Python. names [V]: the video names; video [N]: indices into them.
+    map_parts(fn) -> [fn(slice), ...] may format blocks of lines in threads (default: one block).
+    None when a name is not ASCII (its bytes would depend on the locale) or holds a NUL."""
+    names = [str(v) for v in names]   # what '%s' prints
+    if not all(name.isascii() and '\0' not in name for name in names):
+        return None
+    table = np.zeros((len(names), max(map(len, names), default=0)), np.uint8)
+    for i, name in enumerate(names):   # a loop over videos: a few hundred
+        table[i, :len(name)] = np.frombuffer(name.encode('ascii'), np.uint8)
+    columns = [np.asarray(c) for c in (video, start, end, class_id, score)]
+    map_parts = map_parts or (lambda fn: [fn(slice(0, len(columns[0])))])
+    return b''.join(map_parts(lambda part: _lines_bytes(names, table, *[c[part] for c in columns])))
+
+
+def _lines_bytes(names, table, video, start, end, class_id, score):
+    """result_bytes of some detections: names and their bytes (table [V, width], 0-padded)."""
+    n = len(video)
+    class_id = class_id.astype(np.int64)
+    start_text, start_ok = _fixed_digits(start, 3)
+    end_text, end_ok = _fixed_digits(end, 3)
+    score_text, score_ok = _fixed_digits(score, 4)
+    class_text = _digits(np.maximum(class_id, 0), len(str(max(int(class_id.max(initial=0)), 0))))
+    tab, newline = np.full((n, 1), ord('\t'), np.uint8), np.full((n, 1), ord('\n'), np.uint8)
+    lines = np.concatenate([table[video], tab, start_text, tab, end_text, tab, class_text, tab, score_text, newline],
+                           axis=1)
+    # Lines with a value numpy cannot print as % does are printed by Python and spliced in.
+    odd = np.flatnonzero(~(start_ok & end_ok & score_ok & (class_id >= 0)))
+    lines[odd] = 0
+    text = lines[lines != 0].tobytes()
+    if not odd.size:
+        return text
+    length = np.count_nonzero(lines, axis=1)
+    at = (np.cumsum(length) - length)[odd]   # where each odd line goes in the text
+    pieces = np.split(np.frombuffer(text, np.uint8), at)
+    values = zip(video[odd].tolist(), start[odd].tolist(), end[odd].tolist(), class_id[odd].tolist(),
+                 score[odd].tolist())
+    extra = [(RESULT_FORMAT % (names[v], *rest)).encode('ascii') for v, *rest in values]
+    return b''.join(p for pair in zip(pieces, extra + [b'']) for p in (pair[0].tobytes(), pair[1]))
+
+
+def _fixed_digits(values, decimals):
+    """f'%.{decimals}f' % v of every value as right-aligned ASCII bytes [n, w] (0 = no byte),
+    and where that is exact.
+
+    k = x * 10^d rounded to an integer gives the digits. Below 1e9 the product is within
+    1.2e-7 of the exact one, so k is what % prints (the exact value, correctly rounded) unless
+    the product lies within 1e-6 of a half: those values, negative ones ('-0.000'), the huge
+    and the non-finite (a few in a million) are not exact here.
+    """
+    x = np.asarray(values, np.float64)
+    with np.errstate(invalid='ignore', over='ignore'):
+        y = x * 10.0 ** decimals
+        whole = np.floor(y)
+        frac = y - whole
+        exact = (y < 1e9) & ~np.signbit(x) & (np.abs(frac - 0.5) > 1e-6)
+    units, part = np.divmod(np.where(exact, whole + (frac > 0.5), 0).astype(np.int64), 10 ** decimals)
+    point = np.full((len(x), 1), ord('.'), np.uint8)
+    width = len(str(int(units.max(initial=0))))
+    return np.concatenate([_digits(units, width), point, _digits(part, decimals, pad=True)], axis=1), exact
+
+
+def _digits(values, width, pad=False):
+    """Decimal digits of non-negative int64 `values` below 10^width, right-aligned in [n, width]
+    ASCII bytes: leading zeros are 0 (no byte), or '0' with `pad`; a value 0 is '0'. One
+    division by 10 per digit (a scalar divisor, which numpy divides by fast)."""
+    out = np.zeros((len(values), width), np.uint8)
+    rest = values.astype(np.int32 if values.max(initial=0) < 2 ** 31 else np.int64)
+    for j in range(width - 1, -1, -1):
+        higher = rest // 10
+        digit = (rest - higher * 10 + ord('0')).astype(np.uint8)
+        out[:, j] = digit if pad or j == width - 1 else np.where(rest > 0, digit, 0)
+        rest = higher
+    return out
+
+
 def write_results(path, det):
-    """Write detections as a THUMOS14 result file, atomically."""
-    with atomic_open(path, 'w') as f:
-        f.write(format_results(det))
+    """Write detections as a THUMOS14 result file (format_results' bytes), atomically."""
+    codes, names = pd.factorize(det['video'])
+    text = result_bytes(names, codes, det['start'], det['end'], det['class_id'], det['score'])
+    if text is None:
+        with atomic_open(path, 'w') as f:
+            f.write(format_results(det))
+        return
+    with atomic_open(path, 'wb') as f:
+        f.write(text)
 
 
 def read_results(path, class_ids=None):

@@ -205,6 +205,19 @@ def test_result_text_is_format_results():
     assert P.result_text({k: (v if k == 'videos' else v[:0]) for k, v in det.items()}) == b''
 
 
+def test_write_results_writes_format_results_bytes(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 5000
+    odd = np.array([0.0, -0.0, 0.0005, 1.0005, 999999.9995, np.nan, np.inf, -1.5])
+    frame = pd.DataFrame(dict(video=rng.choice(['video_test_0000004', 'b c', '7'], n),
+                              start=np.concatenate([rng.random(n - len(odd)) * 900, odd]),
+                              end=rng.random(n) * 900, class_id=rng.integers(0, 100, n), score=rng.random(n)))
+    for det in (frame, frame.assign(video=frame['video'].replace('7', 'vidéo')), frame.iloc[:0]):
+        path = tmp_path / 'r.txt'
+        thumos14.write_results(path, det)   # the numpy path, or the text path for a non-ASCII name
+        assert path.read_bytes() == thumos14.format_results(det).encode('utf-8')
+
+
 def test_threaded_post_processing_reproduces_reference(shared, monkeypatch, tmp_path):
     # Small parts, so that top-3, candidates, NMS and the text run in several threads.
     monkeypatch.setattr(P, 'PART_MIN', 256)
