@@ -32,9 +32,11 @@ def lines(det):
 
 # ----------------------------------------------------------------------------- a plain reference
 
-def sequential_nms(start, end, score, threshold):
-    """Keep the best, drop every later one with IoU > threshold (NaN included), repeat; ties: later first."""
-    order = sorted(range(len(score)), key=lambda i: (-score[i], -i))
+def sequential_nms(start, end, score, threshold, tie=None):
+    """Keep the best, drop every later one with IoU > threshold (NaN included), repeat; ties: the
+    higher `tie` first (default: the later box)."""
+    tie = range(len(score)) if tie is None else tie
+    order = sorted(range(len(score)), key=lambda i: (-score[i], -tie[i]))
     keep = []
     while order:
         i = order.pop(0)

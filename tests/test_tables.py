@@ -14,6 +14,7 @@ import config as C
 import postprocess as P
 import predictions
 import thumos14
+from test_postprocess import sequential_nms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,18 +149,8 @@ def greedy_reference(group, start, end, score, tie, threshold):
     later box with IoU > threshold (NaN, 0/0, counts as overlap), repeat."""
     keep = np.zeros(len(group), bool)
     for g in np.unique(group):
-        order = sorted(np.flatnonzero(group == g).tolist(), key=lambda i: (-score[i], -tie[i]))
-        while order:
-            i = order.pop(0)
-            keep[i] = True
-            rest = []
-            for j in order:
-                inter = min(end[i], end[j]) - max(start[i], start[j])
-                union = (end[i] - start[i]) + (end[j] - start[j]) - inter
-                iou = inter / union if union != 0 else (np.nan if inter == 0 else np.copysign(np.inf, inter))
-                if iou <= threshold:
-                    rest.append(j)
-            order = rest
+        idx = np.flatnonzero(group == g)
+        keep[idx[sequential_nms(start[idx], end[idx], score[idx], threshold, tie=tie[idx])]] = True
     return keep
 
 
