@@ -504,6 +504,8 @@ def flow_source(flow, flow_weights, random_weights, seed):
     """(file or None, identity) of the RAFT weights; None when the flow is not RAFT."""
     if flow != 'raft':
         return None
+    if flow_weights and random_weights:
+        raise ValueError('--random-weights excludes --flow-weights')
     if flow_weights:
         return flow_weights, file_identity(flow_weights)
     if random_weights:
@@ -721,6 +723,10 @@ def backbone_kwargs(args, cfg):
         raise ValueError('--flow-length must be >= 1')
     if args.batch is not None and args.batch < 1:
         raise ValueError('--batch must be >= 1')
+    if args.size is not None and args.size < 1:
+        raise ValueError('--size must be >= 1')
+    if args.flow_weights and args.flow != 'raft':
+        raise ValueError('--flow-weights are RAFT weights: give them with --flow raft')
     return dict(backbone=args.backbone, weights=args.weights, weights_temporal=args.weights_temporal,
                 random_weights=args.random_weights, size=args.size, flow=args.flow, flow_weights=args.flow_weights,
                 flow_length=args.flow_length, batch_size=args.batch, device=cfg.device, seed=cfg.seed,

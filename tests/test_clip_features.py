@@ -295,3 +295,11 @@ def test_torchvision_backbone_crop_is_fixed(tmp_path):
     with pytest.raises(SystemExit, match=r'--size 64: s3d crops to 224, as its weights document'):
         ef.main([str(tmp_path / 'v.avi'), '--split', 'val', '--out', str(tmp_path / 'f'), '--backbone', 's3d',
                  '--streams', 'spatial', '--size', '64', '--random-weights'])
+
+
+def test_extraction_options_checked(tmp_path):
+    write_video(tmp_path / 'v.avi', moving_box(16), fps=25)
+    for extra, message in [(['--size', '0'], '--size must be >= 1'),
+                           (['--flow-weights', 'raft.pth'], '--flow-weights are RAFT weights')]:
+        with pytest.raises(SystemExit, match=message):
+            extract(tmp_path / 'v.avi', tmp_path / 'f', '--random-weights', *extra)
