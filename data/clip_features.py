@@ -33,7 +33,7 @@ CLIP_BACKBONES = {
     'swin3d_t': (768, ('spatial',), 'swin3d_t', 'Swin3D_T_Weights', 'head'),
 }
 I3D_RESIZE, I3D_CROP = 256, 224
-FLOW_BOUND = 20.0   # pixels: I3D's flow is clipped to +-20 and scaled to [-1, 1]
+FLOW_BOUND = 20.0   # pixels: flow is clipped to +-20 and scaled to [-1, 1] (TSN, I3D)
 
 
 def num_clips(frame_num):

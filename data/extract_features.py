@@ -79,7 +79,7 @@ DEFAULT_SIZES = {'resnet50': 224, 'tiny': 64, 'i3d': 224, 's3d': 224, 'r2plus1d_
                  'swin3d_t': 224}
 DEFAULT_BATCH = {'frame': 32, 'clip': 8}   # steps per network batch: frames, or 16-frame clips
 RESNET50_WEIGHTS = 'ResNet50_Weights.IMAGENET1K_V2'
-FLOW_BOUND = 20.0  # pixels; larger displacements are clipped (TSN's convention)
+FLOW_BOUND = clip_features.FLOW_BOUND  # pixels; larger displacements are clipped (TSN's and I3D's convention)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INFO_COLUMNS = ['video', 'fps', 'frame_num', 'steps']
@@ -272,11 +272,8 @@ def make_flow_fn(method='auto'):
 
 def crop_frame(cv2, frame, size):
     """Resize so the short side is `size`, then centre-crop size x size."""
-    h, w = frame.shape[:2]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    frame = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    y, x = (nh - size) // 2, (nw - size) // 2
+    frame = clip_features.resize_short_side(cv2, frame, size)
+    y, x = (frame.shape[0] - size) // 2, (frame.shape[1] - size) // 2
     return frame[y:y + size, x:x + size]
 
 
