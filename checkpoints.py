@@ -21,6 +21,7 @@ from decouple_ssad import DecoupleSSAD
 from main_stream import MainStream
 
 NETWORKS = {'main_stream': MainStream, 'decouple_ssad': DecoupleSSAD}
+assert tuple(NETWORKS) == config.METHODS, 'config.METHODS names the networks of NETWORKS, in its order'
 # Settings that decide a model's parameter shapes or the meaning of its outputs: a
 # checkpoint only fits a config that agrees on all of them.
 ANCHOR_FIELDS = ('layers_name', 'num_anchors', 'scale', 'aspect_ratios', 'num_classes', 'input_steps',

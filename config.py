@@ -68,6 +68,7 @@ class Config:
     test_batch_size: int = 256         # windows per inference batch (any size gives the same numbers)
     keep_checkpoints: int = 2          # newest checkpoints kept in models/<run>/
     checkpoint_every: int = 1          # epochs between checkpoints (the last epoch is always saved)
+    save_checkpoints: bool = True      # False: no model-ep-<e>.pt at all; benchmarks time training, not the disk
     device: str = 'auto'               # auto | cpu | cuda | cuda:1 ...
     bf16: bool = False                 # improvement: bf16 autocast (fp32 is what the paper used)
     compile: bool = False              # improvement: torch.compile the model
@@ -104,6 +105,7 @@ class Config:
 
 
 MODES = ('temporal', 'spatial', 'concat')
+METHODS = ('main_stream', 'decouple_ssad')   # the two networks (checkpoints.NETWORKS builds them)
 DATA_SOURCES = ('release', 'i3d')
 # Early fusion (mode concat) reads the two streams side by side, RGB first as in the field's I3D files.
 CONCAT_STREAMS = ('spatial', 'temporal')
@@ -292,8 +294,8 @@ def check_config(cfg):
     problems = []
     if cfg.mode not in MODES:
         problems.append(f'mode must be temporal, spatial or concat (both streams, early fusion), got {cfg.mode!r}')
-    if cfg.method not in ('main_stream', 'decouple_ssad'):
-        problems.append(f'method must be main_stream or decouple_ssad, got {cfg.method!r}')
+    if cfg.method not in METHODS:
+        problems.append(f'method must be {" or ".join(METHODS)}, got {cfg.method!r}')
     domain = _domain_problems(cfg)
     problems += domain
     if domain:   # the checks below do arithmetic on these fields

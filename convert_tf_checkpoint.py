@@ -131,7 +131,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help='TensorFlow checkpoint prefix, or .npz of checkpoint key -> array')
     parser.add_argument('out', help='output .pt checkpoint')
-    parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), required=True)
+    parser.add_argument('--method', choices=config.METHODS, required=True)
     parser.add_argument('--mode', choices=config.MODES, default=None)
     parser.add_argument('--pretrain', default=None)
     try:

@@ -6,8 +6,9 @@
     torchrun --nproc_per_node=4 train.py ...      # several GPUs (gloo on CPU)
 
 Writes one checkpoint per epoch, models/<run>/model-ep-<e>.pt (the newest
-`keep_checkpoints` are kept) and models/<run>/config.json, and one loss line
-per epoch to logs/<run>.log, where <run> = <mode>_<pretrain>_<method>.
+`keep_checkpoints` are kept; none with --save_checkpoints=false) and
+models/<run>/config.json, and one loss line per epoch to logs/<run>.log, where
+<run> = <mode>_<pretrain>_<method>.
 Rerunning the same command resumes from the newest checkpoint and ends with
 the same weights as an uninterrupted run.
 
@@ -381,10 +382,11 @@ class CheckpointWriter:
 
 
 def end_epoch(cfg, epoch, losses, state, writer, log_path):
-    """Rank 0 after each epoch: the checkpoint (every checkpoint_every epochs and the last), the log line."""
+    """Rank 0 after each epoch: the checkpoint (every checkpoint_every epochs and the last; none
+    without save_checkpoints), the log line. Returns (the checkpoint's path or None, the line)."""
     every = max(1, cfg.checkpoint_every)
-    path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch)
-    if (epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs:
+    path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch) if cfg.save_checkpoints else None
+    if path and ((epoch + 1) % every == 0 or epoch + 1 == cfg.training_epochs):
         writer.write(path, state(), cfg.keep_checkpoints)
     line = log_line(epoch, losses)
     try:
@@ -400,7 +402,8 @@ def end_epoch(cfg, epoch, losses, state, writer, log_path):
 
 def train(cfg, fresh=False, data=None, progress=True):
     """Train (or resume) the run named by cfg; returns
-    {'losses': {total, class, loc, conf} of the last epoch, 'model_path', 'epoch', 'windows_per_s'}.
+    {'losses': {total, class, loc, conf} of the last epoch, 'model_path' (None when
+    cfg.save_checkpoints is off), 'epoch', 'windows_per_s'}.
 
     data: optional dict as dataset.load_train_data returns (features [W,128,D], gt_label,
     gt_box, gt_valid); read from cfg's paths when None. Raises ValueError on bad data or a
@@ -490,7 +493,7 @@ def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, start_e
                 speed = seen / (time.time() - t0)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise ValueError(f'{cfg.run_name}: loss is not finite in epoch {epoch}: {losses}')
-            path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch)
+            path = checkpoints.checkpoint_path(config.get_models_dir(cfg), epoch) if cfg.save_checkpoints else None
             if master:
                 state = lambda: {  # noqa: E731 - built only for the epochs that write one
                     'model': raw_model.state_dict(), 'optimizer': step.optimizer.state_dict(), 'epoch': epoch,
@@ -515,7 +518,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--mode', choices=config.MODES, default=None)
     parser.add_argument('--pretrain', default=None, help='feature set, e.g. UCF101 (D=1024) or KnetV3 (D=2048)')
-    parser.add_argument('--method', choices=('main_stream', 'decouple_ssad'), default=None)
+    parser.add_argument('--method', choices=config.METHODS, default=None)
     parser.add_argument('--fresh', action='store_true', help='delete this run\'s checkpoints and start over')
     try:
         cfg, args = config.parse_config(parser)

@@ -122,6 +122,16 @@ def test_checkpoint_contents_and_load_model(full_run, data):
     assert_same_tensors(model.state_dict(), ckpt['model'])
 
 
+def test_without_save_checkpoints_the_same_training_writes_no_checkpoint(full_run, data, tmp_path, make_config):
+    cfg_on, _ = full_run
+    cfg = make_config(TINY_RUN, root=tmp_path, keep_checkpoints=0, save_checkpoints=False)
+    result = train.train(cfg, data=data, progress=False)
+    assert result['model_path'] is None and result['epoch'] == 2
+    assert sorted(os.listdir(config.get_models_dir(cfg))) == ['.lock', 'config.json']
+    assert epochs_on_disk(cfg_on) == [0, 1, 2]   # on (the default): one per epoch, as before
+    assert log_lines(cfg) == log_lines(cfg_on)   # the same training, loss for loss
+
+
 def test_resume_gives_bitwise_identical_weights(full_run, resumed_run):
     _, full = full_run
     cfg, first, resumed = resumed_run

@@ -1,6 +1,6 @@
 """Feature-extraction speed of each backbone, in frames of video per second.
 
-    python bench_extract.py [--frames 200] [--width 320] [--height 240] [--backbones i3d,s3d,...] [--device auto]
+    python bench/bench_extract.py [--frames 200] [--width 320] [--height 240] [--backbones i3d,s3d,...] [--device auto]
 
 Writes a synthetic video (a textured box moving over noise, 30 fps), extracts it once per
 backbone and stream set with seeded random weights (speed does not depend on the weights;
@@ -8,17 +8,21 @@ nothing is downloaded) and prints one row per run: frames decoded / wall time of
 video (decoding, resizing, flow and the network; the one-time model set-up excluded).
 Backbones that need torchvision are skipped, with a note, where it does not import.
 """
-import argparse
-import contextlib
-import io
 import os
 import sys
-import tempfile
-import time
 
-import numpy as np
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import extract_features as ef
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from data import extract_features as ef  # noqa: E402
 
 RUNS = [   # (backbone, streams, flow)
     ('i3d', ['spatial'], None), ('i3d', ['temporal'], 'dis'), ('i3d', ['spatial', 'temporal'], 'dis'),

@@ -1,8 +1,8 @@
 """Time the post-processing of a full-size THUMOS14 test predictions table, stage by stage.
 
-    python bench_postprocess.py [--table=issue|realistic] [--windows=5103] [--repeat=3]
-    python bench_postprocess.py --write=predict_bench.csv      # the file, for test.py --predictions
-    python bench_postprocess.py --predictions=FILE             # the stages on an existing file
+    python bench/bench_postprocess.py [--table=issue|realistic] [--windows=5103] [--repeat=3]
+    python bench/bench_postprocess.py --write=predict_bench.csv      # the file, for test.py --predictions
+    python bench/bench_postprocess.py --predictions=FILE             # the stages on an existing file
 
 --table=issue (the default) is issue 15's table, the one the release is timed on:
 5103 windows x 140 anchors = 714,420 rows, class logits N(0, 2) with +2 on background,
@@ -13,17 +13,22 @@ stage: writing the predictions CSV, reading it, the post-processing (and of it t
 summed over the threads that run it) and formatting the result file. --windows below
 --videos gives one window to each of --windows videos.
 """
-import argparse
 import os
-import tempfile
-import time
+import sys
 
-import numpy as np
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import config as C
-import postprocess as P
-import predictions
-import thumos14
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import config  # noqa: E402
+import postprocess as P  # noqa: E402
+import predictions  # noqa: E402
+import thumos14  # noqa: E402
 
 
 def test_windows(rng, num_windows, num_videos):
@@ -147,7 +152,7 @@ def main():
     parser.add_argument('--predictions', default=None, help='time the stages on this predictions CSV')
     parser.add_argument('--repeat', type=int, default=3)
     try:
-        cfg, args = C.parse_config(parser)
+        cfg, args = config.parse_config(parser)
         if args.windows < 1 or args.videos < 1:
             raise ValueError(f'--windows and --videos must be at least 1, got {args.windows} and {args.videos}')
     except ValueError as err:

@@ -1,22 +1,27 @@
 """Timing of evaluate.py on a large synthetic result file.
 
-    python bench_eval.py [--gt DIR] [--lines 200000] [--seed 0] [--out FILE]
+    python bench/bench_eval.py [--gt DIR] [--lines 200000] [--seed 0] [--out FILE]
 
 Writes a seeded result file (jittered copies of ground-truth instances, some with
 the wrong class, and random detections on the ground-truth videos), then prints
 the time to read it and to evaluate it at 7 thresholds with each metric.
 """
-import argparse
 import os
-import tempfile
-import time
+import sys
 
-import numpy as np
-import pandas as pd
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import config
-import evaluate
-import thumos14
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import config  # noqa: E402
+import evaluate  # noqa: E402
+import thumos14  # noqa: E402
 
 
 def make_result_file(path, gt, num_lines, seed):

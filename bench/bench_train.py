@@ -1,8 +1,8 @@
 """Speed of training, inference and post-processing on a THUMOS14-sized synthetic set.
 
-    python bench.py                                   # GPU: 4741 / 5103 windows, D = 2048, as THUMOS14
-    python bench.py --device cpu --windows 96 --test-windows 96 --dim 1024 --epochs 2
-    python bench.py --variants fp32,bf16+cl+group --methods decouple_ssad --json out.json
+    python bench/bench_train.py                           # GPU: 4741 / 5103 windows, D = 2048, as THUMOS14
+    python bench/bench_train.py --device cpu --windows 96 --test-windows 96 --dim 1024 --epochs 2
+    python bench/bench_train.py --variants fp32,bf16+cl+group --methods decouple_ssad --json out.json
 
 Training runs the real training code (train.train) on random features that sit on
 the device, batch 48, and reports the windows/s of the last epoch (the first one
@@ -18,24 +18,29 @@ eager (no CUDA graph), tf32, bf16, cl (channels_last), group (group_branches),
 heur (cuDNN's heuristics instead of autotuning), compile. A measurement that fails
 is reported and the others go on.
 """
-import argparse
-import json
+import os
 import sys
-import tempfile
-import time
-import traceback
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import checkpoints
-import config
-import operations
-import postprocess
-import test
-import thumos14
-import train
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import checkpoints  # noqa: E402
+import config  # noqa: E402
+import operations  # noqa: E402
+import postprocess  # noqa: E402
+import test  # noqa: E402
+import thumos14  # noqa: E402
+import train  # noqa: E402
 
 SWITCHES = {'fp32': {}, 'eager': {'cuda_graph': False}, 'tf32': {'tf32': True}, 'bf16': {'bf16': True},
             'cl': {'channels_last': True}, 'group': {'group_branches': True}, 'compile': {'compile': True},
@@ -153,7 +158,6 @@ def main():
 
     figures = {'device': str(device), 'windows': args.windows, 'dim': args.dim, 'train': {}, 'test': {}}
     tmp = tempfile.mkdtemp(prefix='bench_')
-    checkpoints.write_checkpoint = lambda *a, **k: None  # measure training, not the disk
     start = time.time()
 
     def measure(kind, method, variant, fn):
@@ -181,6 +185,7 @@ def main():
         for variant in train_variants:
             cfg = config.Config(**{**cfg_m.to_dict(), 'learning_rates': (1e-4,) * args.epochs,
                                    'device': str(device), 'models_dir': tmp, 'logs_dir': tmp,
+                                   'save_checkpoints': False,   # measure training, not the disk
                                    **variant_switches(variant)})
             out = measure('train', method, variant, lambda: bench_training(cfg, data, device, flops))
             if out:
