@@ -51,17 +51,20 @@ def branch_forward(conv, up, mal1, mal2, mal3):
     return [bal1, bal2, bal3]
 
 
-def one_branch(s, mals):
-    return branch_forward(lambda x, name, first: s[name](x), lambda x, name: s[name](x), *mals)
+def one_branch(branch, mals):
+    """[BAL1, BAL2, BAL3] of one branch (its layers, branch_anchor_layer's scope)."""
+    return branch_forward(lambda x, name, first: branch[name](x), lambda x, name: branch[name](x), *mals)
 
 
-def both_branches(s1, s2, mals, channels_last):
-    """Both branches at once, as the channels of one network of twice the width: a layer
-    reading a main anchor layer is one convolution with both branches' filters, every
-    later one a grouped convolution (groups = 2). Fewer, larger kernels; the same numbers
-    as one_branch twice. Returns the two branches' [BAL1, BAL2, BAL3]."""
+def both_branches(proposal, classification, mals, channels_last):
+    """Both branches at once (the layers of each, branch_anchor_layer's scopes), as the
+    channels of one network of twice the width: a layer reading a main anchor layer is one
+    convolution with both branches' filters, every later one a grouped convolution
+    (groups = 2). Fewer, larger kernels; the same numbers as one_branch twice. Returns the
+    two branches' [BAL1, BAL2, BAL3]."""
     def both(name):
-        return (torch.cat([s1[name].weight, s2[name].weight]), torch.cat([s1[name].bias, s2[name].bias]))
+        return (torch.cat([proposal[name].weight, classification[name].weight]),
+                torch.cat([proposal[name].bias, classification[name].bias]))
 
     def conv(x, name, first):
         return conv1d_same(x, *both(name), 1, 1 if first else 2, channels_last)

@@ -26,13 +26,13 @@ from dataclasses import fields
 
 
 import checkpoints
-import config as C
+import config
+import fuse
 import load_data
 import operations
 import postprocess
 import predictions
 import thumos14
-from config import Config, apply_overrides, parse_config
 from data import extract_features as ef
 from fig.visualize import plot_timeline
 from fileio import atomic_open
@@ -46,14 +46,14 @@ def checkpoint_config(path, overrides, feature_dim, backbone):
     the checkpoint fits it and the backbone's feature width (ValueError otherwise)."""
     ckpt = checkpoints.read_checkpoint(path)
     saved = checkpoints.saved_settings(ckpt)
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in fields(config.Config)}
     try:
-        cfg = C.config_from_dict({k: v for k, v in saved.items() if k in known})
+        cfg = config.config_from_dict({k: v for k, v in saved.items() if k in known})
     except (ValueError, TypeError) as err:
         raise ValueError(f'checkpoint {path}: bad saved config: {err}') from None
     if isinstance(ckpt, dict) and 'method' in ckpt:
         cfg.method = ckpt['method']
-    cfg = apply_overrides(cfg, overrides)
+    cfg = config.apply_overrides(cfg, overrides)
     try:
         checkpoints.check_checkpoint(ckpt, path, cfg, feature_dim, features=f'backbone {backbone!r}')
     except ValueError as err:
@@ -108,7 +108,7 @@ def detect(runs, cfg, name, vinfo, feat_root, pretrain, out):
         print(f'{mode}: {len(starts)} windows predicted with {ckpt_path}')
     fps_of = {name: vinfo['fps']}
     if len(preds) == 2:
-        fused = postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg)
+        fused = fuse.fuse_predictions(preds['temporal'], preds['spatial'], cfg)
         det = postprocess.post_process(fused, cfg, fps_of, fused=True)
     else:
         det = postprocess.post_process(preds[cfg.mode], cfg, fps_of)
@@ -166,7 +166,7 @@ def main(argv=None):
     ef.add_backbone_args(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg0, args = parse_config(parser, argv)
+        cfg0, args = config.parse_config(parser, argv)
         run(args, parser.parse_known_args(argv)[1], cfg0)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None

@@ -1,4 +1,4 @@
-"""Post-processing (method.md §10) and two-stream fusion (method.md §11), vectorised.
+"""Post-processing (method.md §10), vectorised; fuse.py fuses two streams (§11) and then calls it.
 
 From a predictions table (one row per anchor per window) to THUMOS14 detections:
 
@@ -26,14 +26,13 @@ thumos14.result_bytes, the lines formatted in a thread per core.
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
 import thumos14
 from fileio import atomic_path
-from predictions import ANCHOR_COLUMN, SCORE_COLUMNS, prediction_arrays, read_predictions, window_runs
+from predictions import prediction_arrays, read_predictions
 from thumos14 import CLASS_REAL, CLIFF_DIVING, DIVING
 
 CANDIDATES_PER_ROW = 3
@@ -57,16 +56,6 @@ def _fps_array(videos, fps_of):
 
 
 # ----------------------------------------------------------------------------- method.md §10
-
-def top3_candidates(scores, conf):
-    """The release's three candidates per row.
-
-    scores [N, K] (softmax, column 0 background), conf [N] raw.
-    Returns (cls [N, 3] model class index 1..20, score [N, 3]) in float64 like the release.
-    """
-    cls, val = _top3_of_rows([scores[:, k] for k in range(scores.shape[1])], np.arange(len(scores)), conf)
-    return cls.T, val.T
-
 
 ROWS_AT_ONCE = 1 << 15   # rows scored at once: a [20, rows] float64 block of 5 MB, reused
 
@@ -463,93 +452,6 @@ def detections_frame(det):
                          'class_id': det['class_id'], 'score': det['score']})
 
 
-def weighted_average(t, s, w):
-    """w * t + (1 - w) * s, rounded as the release rounds t * 2 / 3 + s * 1 / 3 when w is a simple fraction."""
-    frac = Fraction(w).limit_denominator(1000)
-    if abs(float(frac) - w) < 1e-12:
-        p, q = frac.numerator, frac.denominator
-        return t * p / q + s * (q - p) / q
-    return w * t + (1.0 - w) * s
-
-
-def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
-    """method.md §11: weighted average of two aligned predictions tables (DataFrames).
-
-    Rows must describe the same windows in the same order, and the same anchors of each
-    window in the same order; otherwise ValueError naming the first row (and file line)
-    that differs. The anchor order is checked with the `anchor` column when both tables
-    have one; without it only the number of rows of each window can be checked, and a
-    warning says so. Returns the fused DataFrame, unfiltered: post_process(..., fused=True)
-    applies the fused filter.
-    """
-    if len(temporal) != len(spatial):
-        raise ValueError(f'{names[0]} has {len(temporal)} prediction rows, {names[1]} has {len(spatial)}: '
-                         f'they are not predictions of the same windows')
-    tv = np.asarray(temporal['video_name'], dtype=object)
-    sv = np.asarray(spatial['video_name'], dtype=object)
-    ts = np.asarray(temporal['start'], dtype=np.int64)
-    ss = np.asarray(spatial['start'], dtype=np.int64)
-    differ = (tv != sv) | (ts != ss)
-    if differ.any():
-        i = int(np.flatnonzero(differ)[0])
-        raise ValueError(f'predictions do not align at row {i} (line {i + 2}): {names[0]} has '
-                         f'{tv[i]} start {ts[i]}, {names[1]} has {sv[i]} start {ss[i]}; '
-                         f'both streams must be predicted over the same window list')
-    cols = ['conf', 'xmin', 'xmax'] + SCORE_COLUMNS
-    t_values = temporal[cols].to_numpy(np.float64)
-    s_values = spatial[cols].to_numpy(np.float64)
-    for name, values in zip(names, (t_values, s_values)):
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i, j = (int(k[0]) for k in np.nonzero(bad))
-            raise ValueError(f'{name}:{i + 2}: {cols[j]}: {values[i, j]} is not a finite number (row {i}); '
-                             f'the fused row would be {values[i, j]} too: fix or regenerate that stream')
-    has_anchor = [ANCHOR_COLUMN in df.columns for df in (temporal, spatial)]
-    fused = pd.DataFrame({'video_name': tv, 'start': ts})
-    if all(has_anchor):
-        ta = np.asarray(temporal[ANCHOR_COLUMN], np.int64)
-        sa = np.asarray(spatial[ANCHOR_COLUMN], np.int64)
-        differ = ta != sa
-        if differ.any():
-            i = int(np.flatnonzero(differ)[0])
-            raise ValueError(f'{names[1]}:{i + 2}: anchor: {sa[i]}, but {names[0]}:{i + 2} has anchor {ta[i]} '
-                             f'(row {i}, window {tv[i]} start {ts[i]}; {int(differ.sum())} rows differ): the anchors '
-                             f'of a window are not in the same order in both streams; write both predictions files '
-                             f'with test.py, unsorted and unfiltered')
-        fused[ANCHOR_COLUMN] = ta
-    else:
-        _check_window_sizes(tv, ts, names)
-        lacking = ' and '.join(n for n, h in zip(names, has_anchor) if not h)
-        thumos14.warn(f'{lacking}: no anchor column: cannot verify that both streams list the anchors of each '
-                      f'window in the same order (only their windows and row counts were checked); '
-                      f'write the predictions with a test.py that adds it', stacklevel=3)
-    mixed = weighted_average(t_values, s_values, cfg.fuse_temporal_weight)
-    out = pd.concat([fused[['video_name', 'start']], pd.DataFrame(mixed, columns=cols)], axis=1)
-    if ANCHOR_COLUMN in fused.columns:
-        out[ANCHOR_COLUMN] = fused[ANCHOR_COLUMN].to_numpy()
-    return out
-
-
-def _check_window_sizes(video, start, names):
-    """Without anchor ids, every window must hold the same number A of rows (test.py writes
-    one row per anchor); a window listed k times in a row holds k * A. Otherwise rows were
-    dropped or added, and rows cannot be paired anchor by anchor."""
-    runs = window_runs(video, start)
-    if len(runs) < 2:
-        return
-    size = np.diff(runs)
-    values, counts = np.unique(size, return_counts=True)
-    a = int(values[np.argmax(counts)])   # the most common count: one row per anchor
-    bad = size % a != 0
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        i = int(runs[k])
-        raise ValueError(f'{names[0]}:{i + 2}: video_name, start: window ({video[i]}, {start[i]}) has {size[k]} rows, '
-                         f'where most windows have {a} ({int(bad.sum())} windows differ, the same in both streams): '
-                         f'rows were dropped or added, so the anchors cannot be paired; '
-                         f'fuse unfiltered predictions files as test.py writes them')
-
-
 # ----------------------------------------------------------------------------- files
 
 @contextlib.contextmanager
@@ -595,14 +497,5 @@ def write_detections(path, det):
 def process_file(pred_path, out_path, cfg, fps_of):
     """Re-post-process an existing predictions CSV into a result file; returns the detections."""
     det = detections(read_predictions(pred_path), cfg, fps_of)
-    write_detections(out_path, det)
-    return detections_frame(det)
-
-
-def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of):
-    """method.md §11 from two predictions CSVs into a result file; returns the detections."""
-    fused = fuse_predictions(read_predictions(temporal_path), read_predictions(spatial_path), cfg,
-                             names=(temporal_path, spatial_path))
-    det = detections(fused, cfg, fps_of, fused=True)
     write_detections(out_path, det)
     return detections_frame(det)

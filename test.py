@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-import config as C
+import config
 import dataset
 import load_data
 import postprocess
@@ -33,7 +33,7 @@ from fileio import check_writable
 def newest_checkpoint(cfg):
     """models/<run>/model-ep-<e>.pt with the largest e; ValueError when there is none."""
     import checkpoints
-    run_dir = C.get_models_dir(cfg)
+    run_dir = config.get_models_dir(cfg)
     found = checkpoints.list_checkpoints(run_dir)
     if not found:
         raise ValueError(f'no checkpoint model-ep-<epoch>.pt in {run_dir}: train this run first '
@@ -136,9 +136,9 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     """
     import checkpoints
     import operations
-    C.check_config(cfg)
-    predict_path = predict_path or C.get_predict_result_path(cfg)
-    result_path = result_path or C.get_result_path(cfg)
+    config.check_config(cfg)
+    predict_path = predict_path or config.get_predict_result_path(cfg)
+    result_path = result_path or config.get_result_path(cfg)
     for path in (predict_path, result_path):
         check_writable(path)
     checkpoint = checkpoint or newest_checkpoint(cfg)
@@ -196,12 +196,12 @@ def main(argv=None):
     parser.add_argument('--predictions', default=None, help='re-post-process this predictions CSV (no model)')
     parser.add_argument('--out', default=None, help='result file (default results/result_<run>.txt)')
     try:
-        cfg, args = C.parse_config(parser, argv)
+        cfg, args = config.parse_config(parser, argv)
         if args.predictions:
             if args.checkpoint or args.features or args.windows:
                 raise ValueError('--predictions re-post-processes a file; it takes no --checkpoint, '
                                  '--features or --windows')
-            out = args.out or C.get_result_path(cfg)
+            out = args.out or config.get_result_path(cfg)
             check_writable(out)
             with postprocess.small_pages():
                 det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))

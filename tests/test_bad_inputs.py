@@ -68,7 +68,7 @@ def test_reordered_anchors_refused_with_anchor_column(tmp_path):
     predictions.write_predictions(str(tmp_path / 't.csv'), t)
     predictions.write_predictions(str(tmp_path / 's.csv'), s)
     with pytest.raises(ValueError, match=r's\.csv:2: anchor: \d+, but .*t\.csv:2 has anchor 0'):
-        P.fuse_files(str(tmp_path / 't.csv'), str(tmp_path / 's.csv'), str(tmp_path / 'f.txt'), C.Config(),
+        fuse.fuse_files(str(tmp_path / 't.csv'), str(tmp_path / 's.csv'), str(tmp_path / 'f.txt'), C.Config(),
                      thumos14.video_fps())
     with pytest.raises(SystemExit, match=r'^error: .*s\.csv:2: anchor'):
         fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'),
@@ -79,7 +79,7 @@ def test_reordered_anchors_refused_with_anchor_column(tmp_path):
 def test_aligned_anchor_columns_fuse_without_warning():
     t, s = stream(0), stream(1)
     with no_warnings():
-        fused = P.fuse_predictions(t, s, C.Config())
+        fused = fuse.fuse_predictions(t, s, C.Config())
     assert fused['anchor'].tolist() == t['anchor'].tolist()
     cols = ['conf', 'xmin', 'xmax'] + predictions.SCORE_COLUMNS
     np.testing.assert_array_equal(fused[cols].to_numpy(), t[cols].to_numpy() * 2 / 3 + s[cols].to_numpy() / 3)
@@ -93,7 +93,7 @@ def test_missing_anchor_column_warns(which):
     if 'spatial' in which:
         s = s[predictions.PRED_COLUMNS]
     with pytest.warns(thumos14.InputWarning, match=f'^{which}: no anchor column: cannot verify'):
-        P.fuse_predictions(t, s, C.Config())
+        fuse.fuse_predictions(t, s, C.Config())
 
 
 def test_rows_per_window_not_constant_refused_without_anchor_column():
@@ -103,7 +103,7 @@ def test_rows_per_window_not_constant_refused_without_anchor_column():
     t, s = t[keep].reset_index(drop=True), s[keep].reset_index(drop=True)
     with pytest.raises(ValueError, match=r'^t\.csv:142: video_name, start: window \(video_test_0001207, 0\) '
                                          r'has 68 rows, where most windows have 70'):
-        P.fuse_predictions(t, s, C.Config(), names=('t.csv', 's.csv'))
+        fuse.fuse_predictions(t, s, C.Config(), names=('t.csv', 's.csv'))
 
 
 def test_window_twice_in_a_row_is_fine_without_anchor_column():
@@ -111,7 +111,7 @@ def test_window_twice_in_a_row_is_fine_without_anchor_column():
     t = pd.concat([t.iloc[:70], t], ignore_index=True)   # the first window listed twice, as released lists do
     s = pd.concat([s.iloc[:70], s], ignore_index=True)
     with pytest.warns(thumos14.InputWarning, match='no anchor column'):
-        P.fuse_predictions(t, s, C.Config())
+        fuse.fuse_predictions(t, s, C.Config())
 
 
 def test_window_appearing_twice_apart_warns(tmp_path):
@@ -128,7 +128,7 @@ def test_nan_in_one_stream_refused(stream_name):
     t, s = stream(0), stream(1)
     (t if stream_name == 't.csv' else s).loc[7, 'score_3'] = np.nan
     with pytest.raises(ValueError, match=rf'^{stream_name}:9: score_3: nan is not a finite number'):
-        P.fuse_predictions(t, s, C.Config(), names=('t.csv', 's.csv'))
+        fuse.fuse_predictions(t, s, C.Config(), names=('t.csv', 's.csv'))
 
 
 def test_bad_anchor_value_names_line(tmp_path):

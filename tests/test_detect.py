@@ -12,6 +12,7 @@ from checkpoints import build_model  # noqa: E402
 import config as C  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 import detect  # noqa: E402
+import fuse  # noqa: E402
 import postprocess  # noqa: E402
 import predictions  # noqa: E402
 import thumos14  # noqa: E402
@@ -87,7 +88,7 @@ def test_two_streams_end_to_end(video, checkpoints, tmp_path, make_config):
     txt = thumos14.read_results(out / 'detections.txt')
     assert len(txt) == len(dets)
     cfg = make_config(filter_conf_threshold=-1e9, filter_neg_threshold=1.0, filter_neg_threshold_fuse=1.0)
-    ref = postprocess.post_process(postprocess.fuse_predictions(preds['temporal'], preds['spatial'], cfg),
+    ref = postprocess.post_process(fuse.fuse_predictions(preds['temporal'], preds['spatial'], cfg),
                                    cfg, {'my_clip': 30.0}, fused=True)
     ref = ref[ref.start < 5.0].assign(end=ref.end.clip(upper=5.0))
     key = ['class_id', 'start', 'end']

@@ -27,7 +27,7 @@ def stream(seed, n=280, videos=('video_test_0000004', 'video_test_0001207')):
 
 def test_weights_default_is_release_two_thirds():
     t, s = stream(0), stream(1)
-    fused = P.fuse_predictions(t, s, C.Config())
+    fused = fuse.fuse_predictions(t, s, C.Config())
     cols = ['conf', 'xmin', 'xmax'] + predictions.SCORE_COLUMNS
     # Bit for bit the release's t * 2 / 3 + s * 1 / 3.
     np.testing.assert_array_equal(fused[cols].to_numpy(), t[cols].to_numpy() * 2 / 3 + s[cols].to_numpy() * 1 / 3)
@@ -38,7 +38,7 @@ def test_weights_default_is_release_two_thirds():
 def test_weights_follow_config(w, make_config):
     t, s = stream(0), stream(1)
     cfg = make_config(fuse_temporal_weight=w)
-    fused = P.fuse_predictions(t, s, cfg)
+    fused = fuse.fuse_predictions(t, s, cfg)
     np.testing.assert_allclose(fused['score_3'], w * t['score_3'] + (1 - w) * s['score_3'], rtol=1e-12)
     np.testing.assert_allclose(fused['xmax'], w * t['xmax'] + (1 - w) * s['xmax'], rtol=1e-12)
 
@@ -48,15 +48,15 @@ def test_misaligned_rows_refused_naming_first_row(make_config):
     s.loc[17, 'start'] = 512
     s.loc[40, 'video_name'] = 'video_test_0000099'
     with pytest.raises(ValueError, match=r'row 17 \(line 19\).*start 0.*start 512'):
-        P.fuse_predictions(t, s, make_config(), names=('t.csv', 's.csv'))
+        fuse.fuse_predictions(t, s, make_config(), names=('t.csv', 's.csv'))
     with pytest.raises(ValueError, match='280 prediction rows.*279'):
-        P.fuse_predictions(t, s.iloc[:-1], make_config())
+        fuse.fuse_predictions(t, s.iloc[:-1], make_config())
 
 
 def test_fused_filter_and_then_single_stream_filters(make_config):
     t, s = stream(0), stream(1)
     cfg = C.Config()
-    fused = P.fuse_predictions(t, s, cfg)
+    fused = fuse.fuse_predictions(t, s, cfg)
     # Default: fused score_0 < 0.99, then the single-stream filters as released (score_0 < 0.98, conf > 0.1).
     base = P.post_process(fused[(fused.score_0 < 0.98) & (fused.conf > 0.1)], cfg, fps_of=FPS)
     got = P.post_process(fused, cfg, fused=True, fps_of=FPS)
@@ -76,7 +76,7 @@ def test_fuse_files_and_cli(tmp_path, make_config):
     out = tmp_path / 'fused.txt'
     fuse.main(['--temporal', str(tmp_path / 't.csv'), '--spatial', str(tmp_path / 's.csv'), '--out', str(out)])
     cfg = make_config()
-    expected = P.post_process(P.fuse_predictions(t, s, cfg), cfg, fused=True, fps_of=FPS)
+    expected = P.post_process(fuse.fuse_predictions(t, s, cfg), cfg, fused=True, fps_of=FPS)
     assert out.read_text() == thumos14.format_results(expected)
 
 
@@ -86,7 +86,7 @@ def test_cli_default_paths_and_overrides(tmp_path, monkeypatch, make_config):
     predictions.write_predictions('results/predict_spatial_X_main_stream.csv', stream(1))
     fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--fuse_temporal_weight=0.5'])
     cfg = make_config(fuse_temporal_weight=0.5)
-    expected = P.post_process(P.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True, fps_of=FPS)
+    expected = P.post_process(fuse.fuse_predictions(stream(0), stream(1), cfg), cfg, fused=True, fps_of=FPS)
     assert (tmp_path / 'results' / 'result_fuse_X_main_stream.txt').read_text() == thumos14.format_results(expected)
     with pytest.raises(SystemExit, match='spatial-stream predictions .*not found'):
         fuse.main(['--pretrain', 'X', '--method', 'main_stream', '--spatial', 'nope.csv'])
