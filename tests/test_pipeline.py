@@ -159,6 +159,58 @@ def test_a_failing_second_stream_stops_with_one_line(both, data, tmp_path):
                     'logs/spatial_synthetic_decouple_ssad.out. Nothing was fused.')
 
 
+def stage_names(stdout, prog='pipeline'):
+    """The stages of the wall-time table at the end of stdout, in order, 'total' last."""
+    table = stdout[stdout.index(f'{prog}: wall time per stage (s):'):].splitlines()[1:]
+    return [re.sub(r'\s+[\d.]+$', '', line.strip()) for line in table if re.search(r'\d$', line)]
+
+
+@pytest.mark.parametrize('gpus, share_gpu, devices', [
+    (0, False, None), (0, True, None), (1, False, None), (1, True, ('0', '0')), (2, False, ('0', '1')),
+    (4, True, ('0', '1'))])
+def test_streams_run_in_parallel_on_two_gpus_or_one_shared(gpus, share_gpu, devices):
+    assert pipeline.parallel_devices(gpus, share_gpu) == devices
+
+
+def test_parallel_streams_write_the_bytes_of_the_sequential_run(both, data, tmp_path, monkeypatch, capsys):
+    """The parallel launch (two child processes at once, then concat, then fusion here), taken on
+    a CPU by planning for one GPU with SHARE_GPU=1: the same files as one process in all."""
+    for name, value in (('EARLY_FUSION', '1'), ('SHARE_GPU', '1'), ('ONE_PROCESS', '1')):
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    pipeline.main([*RUN, *args(data)], gpu_count=1)
+    stdout = capsys.readouterr().out
+    assert 'pipeline: 1 GPU(s): temporal on GPU 0 and spatial on GPU 0, in parallel' in stdout
+    assert 'pipeline: early fusion (mode concat) on GPU 0' in stdout
+    assert 'Train Loss' not in stdout   # the streams' console output went to their logs only
+    assert_same_outputs(both['1'][0], tmp_path)
+    assert evaluation_lines(stdout, 'pipeline: fusing', 'pipeline: wall time per stage') == \
+        evaluation_lines(both['1'][1].stdout, 'pipeline: fusing', 'pipeline: wall time per stage')
+    assert stage_names(stdout) == ['import torch', 'temporal and spatial, in parallel', 'train concat',
+                                   'test concat', 'fuse', 'eval temporal', 'eval spatial', 'eval concat',
+                                   'eval fuse', 'diagnose', 'summary', 'total']
+
+
+def test_a_failing_parallel_stream_stops_before_fusing(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('SHARE_GPU', '0')
+    monkeypatch.delenv('EARLY_FUSION', raising=False)
+    monkeypatch.delenv('ONE_PROCESS', raising=False)
+    monkeypatch.chdir(tmp_path)
+    bad = args(data)
+    bad[1] = f'--feature_path={tmp_path}/no_such_features'
+    with pytest.raises(SystemExit) as exit:
+        pipeline.main(['train_test_fuse', 'synthetic', 'main_stream', *bad], gpu_count=2)
+    assert str(exit.value) == ('pipeline: the temporal stream failed (exit 1); see '
+                               'logs/temporal_synthetic_main_stream.out. Nothing was fused.')
+    out, err = capsys.readouterr()
+    assert 'pipeline: 2 GPU(s): temporal on GPU 0 and spatial on GPU 1, in parallel' in out
+    assert 'no_such_features' in err   # the end of the failed stream's log
+    for mode in ('temporal', 'spatial'):   # both ran, each to its own log
+        log = (tmp_path / 'logs' / f'{mode}_synthetic_main_stream.out').read_text().splitlines()
+        assert log[-1].startswith('error: ') and 'no_such_features' in log[-1], mode
+    assert not (tmp_path / 'results' / 'result_fuse_synthetic_main_stream.txt').exists()
+
+
 def test_an_unexpected_error_goes_to_the_log_with_its_traceback(data, tmp_path, monkeypatch):
     import train
 
