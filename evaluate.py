@@ -125,6 +125,8 @@ def apply_protocol(gt, protocol):
         left_out = PROTOCOLS[protocol][1]
         base = all_videos if protocol == 'all' else gt['test_videos']
         keep = [v for v in base if v not in set(left_out)]
+    elif not os.path.isfile(str(protocol)):
+        raise ValueError(f'protocol {protocol!r} is neither one of {", ".join(PROTOCOLS)} nor a file listing videos')
     else:
         keep = read_video_list(protocol)
         unknown = [v for v in keep if v not in set(all_videos)]
@@ -149,7 +151,7 @@ def apply_protocol(gt, protocol):
 def read_video_list(path):
     """A protocol's video list: one video name a line ('.mp4' removed), blank lines skipped."""
     table = read_fields(path, 1, 'protocol video list')
-    names = list(dict.fromkeys(table[0].str.replace('.mp4', '', regex=False)))
+    names = [name for name in dict.fromkeys(table[0].str.replace('.mp4', '', regex=False)) if name]
     if not names:
         raise ValueError(f'{path}: protocol video list: no video')
     return names

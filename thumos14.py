@@ -252,7 +252,7 @@ def _json_classes(path, segments, class_list):
         expected = 'one label_id per label and one label per label_id'
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f'{where(i)}: field label_id {out["label_id"][i]!r} does not match the label '
+        raise ValueError(f'{where(i)}: field label_id {out["label_id"].tolist()[i]!r} does not match the label '
                          f'{out["label"][i]!r} (expected {expected})')
     return out[['video', 'label', 'class_id', 'start', 'end', 'end_in_video', 'past_end']]
 
