@@ -141,7 +141,7 @@ def apply_protocol(gt, protocol):
                protocol=str(protocol), protocol_videos=np.array(keep, dtype=object),
                left_out_videos=sorted(set(all_videos) - keep_set | set(left_out)))
     if 'past_end' in out['gt'] and out['gt']['past_end'].any():
-        counts = out['gt'].loc[out['gt']['past_end'], 'video'].value_counts(sort=False)
+        counts = out['gt'].loc[out['gt']['past_end'], 'video'].value_counts().sort_index()
         warnings.warn(f'{gt["gt_dir"]}: {int(counts.sum())} instances reach past their video\'s duration '
                       f'({", ".join(f"{v}: {n}" for v, n in counts.items())}): evaluated as they are in the file, '
                       f'as ActionFormer\'s and TriDet\'s evaluators do', EvalWarning, stacklevel=3)
