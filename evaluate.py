@@ -12,12 +12,16 @@ Two metrics:
   threshold, Ambiguous intervals ignored (so detections on them are false
   positives), duplicate instances removed, interpolated AP.
 
-    python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric both
-    python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric both --summary
+    python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric all
+    python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric all --summary
+    python evaluate.py R.txt --gt data/thumos/annotations/thumos14.json --metric anet --protocol opentad
 
-Ground truth: the kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the
-field's annotation JSON (its Test videos; method.md §15). Several result files: each is scored,
-then one table compares them. Result file: `video start_s end_s class_id score` per line, whitespace separated.
+The metrics are the table EVALUATORS; `--metric all` (or `both`) is every one. Ground truth: the
+kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the field's annotation
+JSON (its Test videos as in the file; another dataset's JSON: its labels are the classes,
+method.md §15). `--protocol` picks the test videos (PROTOCOLS, or a file of names; method.md §12).
+Several result files: each is scored, then one table compares them. Result file:
+`video start_s end_s class_id score` per line, whitespace separated.
 """
 import argparse
 import json
