@@ -120,30 +120,37 @@ def read_json_ground_truth(path, subset='test'):
 
 def apply_protocol(gt, protocol):
     """The ground truth of the protocol's videos: a name of PROTOCOLS, or a text file of video names
-    (one a line). Adds protocol (its name), protocol_videos (the videos evaluated) and
-    left_out_videos (detections on these are dropped, read_detections); warns about instances
-    that reach past their video's end."""
+    (one a line). Adds protocol (its name), protocol_videos (the videos evaluated), left_out_videos
+    and protocol_lists_videos. read_detections drops the detections on the videos a named protocol
+    leaves out, or, for a file, on every video it does not list; detections on other videos the
+    ground truth does not know stay false positives. Warns about instances that reach past their
+    video's end.
+    """
     all_videos = pd.unique(pd.concat([pd.Series(gt['test_videos'], dtype=object), gt['gt']['video'],
                                       gt['ambiguous']['video']], ignore_index=True))
     if protocol in PROTOCOLS:
         left_out = PROTOCOLS[protocol][1]
         base = all_videos if protocol == 'all' else gt['test_videos']
-        keep = [v for v in base if v not in set(left_out)]
+        keep = [v for v in base if v not in left_out]
+        listed = False
     elif not os.path.isfile(str(protocol)):
         raise ValueError(f'protocol {protocol!r} is neither one of {", ".join(PROTOCOLS)} nor a file listing videos')
     else:
         keep = read_video_list(protocol)
-        unknown = [v for v in keep if v not in set(all_videos)]
+        known = set(all_videos)
+        unknown = [v for v in keep if v not in known]
         if unknown:
             warnings.warn(f'{protocol}: {len(unknown)} of its {len(keep)} videos are not in the ground truth '
                           f'{gt["gt_dir"]} ({", ".join(unknown[:3])}{" ..." if len(unknown) > 3 else ""}): '
                           f'any detection on them is a false positive', EvalWarning, stacklevel=3)
-        left_out = ()
+        listed_set = set(keep)
+        left_out = [v for v in all_videos if v not in listed_set]   # the ground truth's, for the record
+        listed = True
     keep_set = set(keep)
     out = dict(gt, gt=gt['gt'][gt['gt']['video'].isin(keep_set)].reset_index(drop=True),
                ambiguous=gt['ambiguous'][gt['ambiguous']['video'].isin(keep_set)].reset_index(drop=True),
                protocol=str(protocol), protocol_videos=np.array(keep, dtype=object),
-               left_out_videos=sorted(set(all_videos) - keep_set | set(left_out)))
+               left_out_videos=list(left_out), protocol_lists_videos=listed)
     if 'past_end' in out['gt'] and out['gt']['past_end'].any():
         counts = out['gt'].loc[out['gt']['past_end'], 'video'].value_counts().sort_index()
         warnings.warn(f'{gt["gt_dir"]}: {int(counts.sum())} instances reach past their video\'s duration '
@@ -190,7 +197,10 @@ def read_detections(result, gt, source='result'):
         if os.path.isfile(classes.path_beside(result)):
             det = translate_class_ids(det, classes.path_beside(result), gt)
     det = drop_unknown_classes(det, gt['class_ids'], source)
-    left_out = det['video'].isin(gt.get('left_out_videos', ())).to_numpy()
+    if gt.get('protocol_lists_videos'):
+        left_out = ~det['video'].isin(gt['protocol_videos']).to_numpy()
+    else:
+        left_out = det['video'].isin(gt.get('left_out_videos', ())).to_numpy()
     if left_out.any():
         attrs = dict(det.attrs)
         det = det[~left_out].reset_index(drop=True)
