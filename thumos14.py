@@ -1,6 +1,7 @@
 """THUMOS14 facts and file formats, each defined once (docs/method.md §1-2).
 
-- the 20 detection classes: THUMOS14 ids, names, the model's class indices;
+- the 20 detection classes: THUMOS14 ids, names, the model's class indices (THUMOS14_CLASSES, a
+  classes.ClassList);
 - frame rates: the built-in table of the test videos that are not 30 fps, and the
   optional `video,fps` CSV (config field `fps_file`);
 - the feature-folder name `<root>/<split>/<mode>DataX<pretrain>`;
@@ -9,7 +10,8 @@
 - the result-file line `video start_s end_s class_id score` (writer and reader), and
   the whitespace-separated text the evaluation kit's files share.
 
-Nothing here knows about models or configs: every other module may import it.
+Nothing here knows about models or configs: every other module may import it (it imports only
+fileio and classes).
 """
 import csv
 import json
