@@ -12,21 +12,27 @@ Two metrics:
   threshold, Ambiguous intervals ignored (so detections on them are false
   positives), duplicate instances removed, interpolated AP.
 
-    python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric both
-    python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric both --summary
+    python evaluate.py results/result_fuse_KnetV3_decouple_ssad.txt --metric all
+    python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric all --summary
+    python evaluate.py R.txt --gt data/thumos/annotations/thumos14.json --metric anet --protocol opentad
 
-Ground truth: the kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the
-field's annotation JSON (its Test videos; method.md §15). Several result files: each is scored,
-then one table compares them. Result file: `video start_s end_s class_id score` per line, whitespace separated.
+The metrics are the table EVALUATORS; `--metric all` (or `both`) is every one. Ground truth: the
+kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the field's annotation
+JSON (its Test videos as in the file; another dataset's JSON: its labels are the classes,
+method.md §15). `--protocol` picks the test videos (PROTOCOLS, or a file of names; method.md §12).
+Several result files: each is scored, then one table compares them. Result file:
+`video start_s end_s class_id score` per line, whitespace separated.
 """
 import argparse
 import json
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+import classes
 import config
 import fileio
 import thumos14
@@ -36,88 +42,254 @@ DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 AVG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METRIC_TITLES = {'kit': 'official THUMOS14 kit metric (TH14evalDet)',
                  'anet': 'ActivityNet-style metric (interpolated AP, Ambiguous ignored)'}
+# Test-video protocols: the test videos (those of the JSON's subset, or of the kit's files those with
+# an instance) less the ones each codebase leaves out. `all` is every video of the ground truth.
+PROTOCOLS = {
+    'all': ('every video of the ground truth', ()),
+    'actionformer': ('every test video, as ActionFormer, TriDet and TemporalMaxer evaluate', ()),
+    'opentad': ('as OpenTAD evaluates', ('video_test_0000270', 'video_test_0001292')),
+    'release': ('as the 2019 release evaluates', ('video_test_0000270', 'video_test_0001292', 'video_test_0001496')),
+}
 
 
-def read_ground_truth(gt_dir, subset='test'):
+def read_ground_truth(gt_dir, subset='test', protocol=None):
     """Read the kit's annotation folder: detclasslist.txt, <Class>_<subset>.txt, Ambiguous_<subset>.txt.
 
     Returns dict(class_ids [C], class_names [C], gt DataFrame(video, start, end, cls),
-    ambiguous DataFrame(video, start, end)); `cls` is the 0-based row of detclasslist,
-    rows are class by class in file order. A `gt_dir` ending in .json is the field's annotation
-    JSON instead (read_json_ground_truth).
+    ambiguous DataFrame(video, start, end), and the protocol's fields of apply_protocol); `cls` is
+    the 0-based row of detclasslist, rows are class by class in file order. A `gt_dir` ending in
+    .json is the field's annotation JSON instead (read_json_ground_truth). protocol: a name of
+    PROTOCOLS or a file listing the videos (default: all for a folder, actionformer for a JSON).
     """
     gt_dir = str(gt_dir)
     if gt_dir.endswith('.json'):
-        return read_json_ground_truth(gt_dir, subset)
+        return apply_protocol(read_json_ground_truth(gt_dir, subset), protocol or 'actionformer')
     list_path = os.path.join(gt_dir, 'detclasslist.txt')
-    classes = read_fields(list_path, 2, 'ground-truth class list')
-    if len(classes) == 0:
+    class_table = read_fields(list_path, 2, 'ground-truth class list')
+    if len(class_table) == 0:
         raise ValueError(f'{list_path}: no classes')
-    class_ids = numeric_field(classes, 0, list_path, 'class id', integer=True)
-    class_names = classes[1].tolist()
+    class_ids = numeric_field(class_table, 0, list_path, 'class id', integer=True)
+    class_names = class_table[1].tolist()
     if len(set(class_ids.tolist())) != len(class_ids):
         raise ValueError(f'{list_path}: repeated class ids')
 
     def read(name):
         path = os.path.join(gt_dir, f'{name}_{subset}.txt')
-        df = read_fields(path, 3, 'ground-truth file', numeric=(1, 2))
-        return pd.DataFrame({'video': df[0].to_numpy(dtype=object), 'start': numeric_field(df, 1, path, 'start'),
-                             'end': numeric_field(df, 2, path, 'end')})
+        table = read_fields(path, 3, 'ground-truth file', numeric=(1, 2))
+        return pd.DataFrame({'video': table[0].to_numpy(dtype=object), 'start': numeric_field(table, 1, path, 'start'),
+                             'end': numeric_field(table, 2, path, 'end')})
 
     parts = []
-    for c, name in enumerate(class_names):
+    for index, name in enumerate(class_names):
         part = read(name)
-        part['cls'] = c
+        part['cls'] = index
         parts.append(part)
     gt = pd.concat(parts, ignore_index=True)
-    return dict(class_ids=class_ids, class_names=class_names, gt=gt, ambiguous=read('Ambiguous'),
-                gt_dir=gt_dir, subset=subset)
+    ambiguous = read('Ambiguous')
+    return apply_protocol(dict(class_ids=class_ids, class_names=class_names, gt=gt, ambiguous=ambiguous,
+                               gt_dir=gt_dir, subset=subset, test_videos=pd.unique(gt['video'])), protocol or 'all')
 
 
 def read_json_ground_truth(path, subset='test'):
     """The field's annotation JSON as ground truth: the instances of its videos of `subset` (test =
-    the JSON's Test), as read_ground_truth returns them, classes in detclasslist order.
+    the JSON's Test), as read_ground_truth returns them (before a protocol), instances as in the file
+    (also those reaching past their video's end, as ActionFormer's and TriDet's evaluators keep them:
+    column past_end). Classes: THUMOS14's in detclasslist order when every label is a THUMOS14 class,
+    else the file's labels (thumos14.json_class_list; result files then carry ids 1..K).
 
     The field's JSONs hold no Ambiguous interval (only intervals labelled Ambiguous would be), so
     the kit metric then drops no detection: one on an interval the kit's files call Ambiguous is a
     false positive, and kit APs are at most those scored against the kit's folder."""
     name = {v: k for k, v in thumos14.JSON_SUBSETS.items()}.get(subset, subset)
-    db = thumos14.read_annotation_json(path)
+    db = thumos14.read_annotation_json(path, class_list=None)
     videos = db['videos'].loc[db['videos']['subset'] == name, 'video']
     if len(videos) == 0:
         raise ValueError(f'{path}: field subset: no video of subset {name!r}')
+    class_list = db['classes']
     inst = db['instances'][db['instances']['video'].isin(videos)]
-    cls = inst['class_id'].map(thumos14.CLASS_INDEX_OF_ID).to_numpy(np.int64) - 1
+    cls = inst['class_id'].map({cid: k for k, cid in enumerate(class_list.ids)}).to_numpy(np.int64)
     order = np.argsort(cls, kind='stable')   # class by class, file order within: as the kit's files
     gt = pd.DataFrame({'video': inst['video'].to_numpy(dtype=object)[order], 'start': inst['start'].to_numpy()[order],
-                       'end': inst['end'].to_numpy()[order], 'cls': cls[order]})
+                       'end': inst['end'].to_numpy()[order], 'cls': cls[order],
+                       'past_end': inst['past_end'].to_numpy()[order]})
     amb = db['ambiguous'][db['ambiguous']['video'].isin(videos)].reset_index(drop=True)
-    return dict(class_ids=np.array(thumos14.CLASS_IDS), class_names=list(thumos14.CLASS_NAMES[1:]), gt=gt,
-                ambiguous=amb, gt_dir=path, subset=subset, num_videos_listed=int(len(videos)))
+    return dict(class_ids=np.array(class_list.ids), class_names=list(class_list.names), gt=gt,
+                ambiguous=amb, gt_dir=path, subset=subset, num_videos_listed=int(len(videos)),
+                test_videos=videos.to_numpy(dtype=object))
+
+
+def apply_protocol(gt, protocol):
+    """The ground truth of the protocol's videos: a name of PROTOCOLS, or a text file of video names
+    (one a line). Adds protocol (its name), protocol_videos (the videos evaluated), left_out_videos
+    and protocol_lists_videos. read_detections drops the detections on the videos a named protocol
+    leaves out, or, for a file, on every video it does not list; detections on other videos the
+    ground truth does not know stay false positives. Warns about instances that reach past their
+    video's end.
+    """
+    all_videos = pd.unique(pd.concat([pd.Series(gt['test_videos'], dtype=object), gt['gt']['video'],
+                                      gt['ambiguous']['video']], ignore_index=True))
+    if protocol in PROTOCOLS:
+        left_out = PROTOCOLS[protocol][1]
+        base = all_videos if protocol == 'all' else gt['test_videos']
+        keep = [v for v in base if v not in left_out]
+        listed = False
+    elif not os.path.isfile(str(protocol)):
+        raise ValueError(f'protocol {protocol!r} is neither one of {", ".join(PROTOCOLS)} nor a file listing videos')
+    else:
+        keep = read_video_list(protocol)
+        known = set(all_videos)
+        unknown = [v for v in keep if v not in known]
+        if unknown:
+            warnings.warn(f'{protocol}: {len(unknown)} of its {len(keep)} videos are not in the ground truth '
+                          f'{gt["gt_dir"]} ({", ".join(unknown[:3])}{" ..." if len(unknown) > 3 else ""}): '
+                          f'any detection on them is a false positive', EvalWarning, stacklevel=3)
+        listed_set = set(keep)
+        left_out = [v for v in all_videos if v not in listed_set]   # the ground truth's, for the record
+        listed = True
+    keep_set = set(keep)
+    out = dict(gt, gt=gt['gt'][gt['gt']['video'].isin(keep_set)].reset_index(drop=True),
+               ambiguous=gt['ambiguous'][gt['ambiguous']['video'].isin(keep_set)].reset_index(drop=True),
+               protocol=str(protocol), protocol_videos=np.array(keep, dtype=object),
+               left_out_videos=list(left_out), protocol_lists_videos=listed)
+    if 'past_end' in out['gt'] and out['gt']['past_end'].any():
+        counts = out['gt'].loc[out['gt']['past_end'], 'video'].value_counts().sort_index()
+        warnings.warn(f'{gt["gt_dir"]}: {int(counts.sum())} instances reach past their video\'s duration '
+                      f'({", ".join(f"{v}: {n}" for v, n in counts.items())}): evaluated as they are in the file, '
+                      f'as ActionFormer\'s and TriDet\'s evaluators do', EvalWarning, stacklevel=3)
+    return out
+
+
+def read_video_list(path):
+    """A protocol's video list: one video name a line ('.mp4' removed), blank lines skipped."""
+    table = read_fields(path, 1, 'protocol video list')
+    names = [name for name in dict.fromkeys(table[0].str.replace('.mp4', '', regex=False)) if name]
+    if not names:
+        raise ValueError(f'{path}: protocol video list: no video')
+    return names
+
+
+def describe_protocol(gt):
+    """One line: the protocol, its number of videos and of instances."""
+    name = gt['protocol']
+    what = PROTOCOLS[name][0] if name in PROTOCOLS else 'the videos listed in the file'
+    return f'protocol {name} ({what}): {len(gt["protocol_videos"])} videos, {len(gt["gt"])} instances'
 
 
 # ----------------------------------------------------------------------------
-# shared machinery
+# detections
 
-def _ordered(start, end):
+def read_detections(result, gt, source='result'):
+    """A result file or DataFrame(video, start, end, class_id, score) -> the detections of the
+    ground truth's classes on the protocol's videos, file order.
+
+    A result file with a class list beside it (classes.path_beside) has its class ids translated
+    to the ground truth's by name. Detections of unknown classes and on videos the protocol leaves
+    out are counted (attrs num_unknown, num_left_out) and dropped; unknown videos are checked
+    (check_videos)."""
+    if isinstance(result, pd.DataFrame):
+        missing = {'video', 'start', 'end', 'class_id', 'score'} - set(result.columns)
+        if missing:
+            raise ValueError(f'detections need columns video, start, end, class_id, score; missing {sorted(missing)}')
+        det = result
+    else:
+        det = read_results(result)
+        source = str(result)
+        if os.path.isfile(classes.path_beside(result)):
+            det = translate_class_ids(det, classes.path_beside(result), gt)
+    det = drop_unknown_classes(det, gt['class_ids'], source)
+    if gt.get('protocol_lists_videos'):
+        left_out = ~det['video'].isin(gt['protocol_videos']).to_numpy()
+    else:
+        left_out = det['video'].isin(gt.get('left_out_videos', ())).to_numpy()
+    if left_out.any():
+        attrs = dict(det.attrs)
+        det = det[~left_out].reset_index(drop=True)
+        det.attrs.update(attrs)
+    det.attrs['num_left_out'] = det.attrs.get('num_left_out', 0) + int(left_out.sum())
+    check_videos(det, gt, source)
+    return det
+
+
+def translate_class_ids(det, list_path, gt):
+    """Result class ids of the class list `list_path` -> the ground truth's ids of the same names.
+    An id the list lacks is an error; classes the ground truth lacks are counted (num_unknown),
+    reported and dropped."""
+    result_classes = classes.read_class_list(list_path)
+    gt_id_of_name = dict(zip(gt['class_names'], np.asarray(gt['class_ids']).tolist()))
+    ids = det['class_id'].to_numpy()
+    listed = np.isin(ids, result_classes.ids)
+    if not listed.all():
+        i = int(np.flatnonzero(~listed)[0])
+        raise ValueError(f'detection {i + 1} has class id {ids[i]}, which its class list {list_path} does not have')
+    name_of = result_classes.name_of_id()
+    names = pd.Series(ids).map(name_of)
+    known = names.isin(list(gt_id_of_name)).to_numpy()
+    out = det.assign(class_id=names.map(gt_id_of_name).fillna(-1).to_numpy(np.int64))
+    if not known.all():
+        missing = sorted(set(names[~known]))
+        warnings.warn(f'{list_path}: {int((~known).sum())} detections of classes the ground truth {gt["gt_dir"]} '
+                      f'does not have ({", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}): ignored',
+                      EvalWarning, stacklevel=3)
+        out = out[known].reset_index(drop=True)
+    out.attrs.update(det.attrs, num_unknown=det.attrs.get('num_unknown', 0) + int((~known).sum()))
+    return out
+
+
+def check_videos(det, gt, source):
+    """Warn (EvalWarning) when detections are on videos the ground truth does not have.
+
+    Legal (the kit scores them as false positives, or ignores them when no instance of their
+    class is there), but when none of the videos is known the result is for another subset or
+    another naming, and every AP is 0. Warns once per detections table and ground truth.
+    Returns the number of detections on unknown videos (also det.attrs['num_unknown_videos']).
+    """
+    key = (gt.get('gt_dir'), gt.get('subset'), len(det))
+    if det.attrs.get('videos_checked') == key:
+        return det.attrs.get('num_unknown_videos', 0)
+    known_videos = pd.unique(pd.concat([gt['gt']['video'], gt['ambiguous']['video']], ignore_index=True))
+    det_videos = det['video'].to_numpy(dtype=object)
+    unknown = ~pd.Series(det_videos).isin(known_videos).to_numpy()
+    num_unknown = int(unknown.sum())
+    if num_unknown:
+        names = list(dict.fromkeys(det_videos[unknown].tolist()))
+        shown = ', '.join(names[:3]) + (' ...' if len(names) > 3 else '')
+        where = f'{gt.get("gt_dir")} ({gt.get("subset")})'
+        if num_unknown == len(det_videos):
+            warnings.warn(f'{source}: none of its {len(names)} videos ({shown}) is in the ground truth {where}: '
+                          f'every AP is 0; is it a result for another subset, or are the video names different?',
+                          EvalWarning, stacklevel=3)
+        else:
+            warnings.warn(f'{source}: {num_unknown} of {len(det_videos)} detections are on {len(names)} videos '
+                          f'without any ground-truth instance or Ambiguous interval in {where} ({shown}): they '
+                          f'can only be false positives', EvalWarning, stacklevel=3)
+    det.attrs['videos_checked'] = key
+    det.attrs['num_unknown_videos'] = num_unknown
+    return num_unknown
+
+
+# ----------------------------------------------------------------------------
+# shared machinery (also fig/diagnose.py's)
+
+def ordered_intervals(start, end):
+    """(start, end) with every reversed interval flipped: [min, max]."""
     return np.minimum(start, end), np.maximum(start, end)
 
 
-def _segment_ranges(sorted_keys, keys):
+def key_ranges(sorted_keys, keys):
     """[lo, hi) of each key in an ascending key array."""
     return np.searchsorted(sorted_keys, keys, 'left'), np.searchsorted(sorted_keys, keys, 'right')
 
 
-def _expand(lo, hi):
+def expand_ranges(lo, hi):
     """For items with ranges [lo, hi): (item index, position) of every element of every range."""
-    n = hi - lo
-    item = np.repeat(np.arange(len(lo)), n)
-    offsets = np.cumsum(n) - n
-    pos = np.arange(int(n.sum())) - np.repeat(offsets, n) + np.repeat(lo, n)
+    sizes = hi - lo
+    item = np.repeat(np.arange(len(lo)), sizes)
+    offsets = np.cumsum(sizes) - sizes
+    pos = np.arange(int(sizes.sum())) - np.repeat(offsets, sizes) + np.repeat(lo, sizes)
     return item, pos
 
 
-def _rank_in_group(keys):
+def rank_in_group(keys):
     """0-based position of each element within its run of equal keys (keys grouped)."""
     n = len(keys)
     if n == 0:
@@ -125,6 +297,15 @@ def _rank_in_group(keys):
     first = np.concatenate([[True], keys[1:] != keys[:-1]])
     start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     return np.arange(n) - start
+
+
+def number_videos_by_name(*columns):
+    """Codes 0..V-1 of the video names of every column, in ASCII (code point) order over the union
+    of all columns -> (list of code arrays, one per column; the V names)."""
+    every = np.concatenate([np.asarray(c, dtype=object) for c in columns])
+    codes, names = pd.factorize(every, sort=True)
+    bounds = np.cumsum([len(c) for c in columns])[:-1]
+    return [part.astype(np.int64) for part in np.split(codes, bounds)], np.asarray(names, dtype=object)
 
 
 def greedy_match(outer, inner, iou, outer_group, n_inner, thresholds, strict):
@@ -148,7 +329,7 @@ def greedy_match(outer, inner, iou, outer_group, n_inner, thresholds, strict):
     first_entry = np.concatenate([[True], outer[1:] != outer[:-1]])
     entry_start = np.flatnonzero(first_entry)
     entry_len = np.diff(np.append(entry_start, len(outer)))
-    rank = np.repeat(_rank_in_group(outer_group[outer[entry_start]]), entry_len)
+    rank = np.repeat(rank_in_group(outer_group[outer[entry_start]]), entry_len)
     # Sort the candidates by rank (stable: each outer item's candidates stay together
     # and in order), so every step is one contiguous slice.
     perm = np.argsort(rank, kind='stable')
@@ -172,64 +353,8 @@ def greedy_match(outer, inner, iou, outer_group, n_inner, thresholds, strict):
     return outer_hit, ~free
 
 
-def _video_codes(*columns):
-    """Codes of video names in ASCII (code point) order over the union of all columns."""
-    allv = np.concatenate([np.asarray(c, dtype=object) for c in columns])
-    codes, uniques = pd.factorize(allv, sort=True)
-    out, k = [], 0
-    for c in columns:
-        out.append(codes[k:k + len(c)].astype(np.int64))
-        k += len(c)
-    return out, len(uniques)
-
-
-def _prepare(result, gt, source):
-    if isinstance(result, pd.DataFrame):
-        missing = {'video', 'start', 'end', 'class_id', 'score'} - set(result.columns)
-        if missing:
-            raise ValueError(f'detections need columns video, start, end, class_id, score; missing {sorted(missing)}')
-        det = result
-    else:
-        det = read_results(result)
-        source = str(result)
-    det = drop_unknown_classes(det, gt['class_ids'], source)
-    check_videos(det, gt, source)
-    return det
-
-
-def check_videos(det, gt, source):
-    """Warn (EvalWarning) when detections are on videos the ground truth does not have.
-
-    Legal (the kit scores them as false positives, or ignores them when no instance of their
-    class is there), but when none of the videos is known the result is for another subset or
-    another naming, and every AP is 0. Warns once per detections table and ground truth.
-    Returns the number of detections on unknown videos (also det.attrs['num_unknown_videos']).
-    """
-    key = (gt.get('gt_dir'), gt.get('subset'), len(det))
-    if det.attrs.get('videos_checked') == key:
-        return det.attrs.get('num_unknown_videos', 0)
-    known_videos = pd.unique(pd.concat([gt['gt']['video'], gt['ambiguous']['video']], ignore_index=True))
-    dv = det['video'].to_numpy(dtype=object)
-    unknown = ~pd.Series(dv).isin(known_videos).to_numpy()
-    n = int(unknown.sum())
-    if n:
-        names = list(dict.fromkeys(dv[unknown].tolist()))
-        shown = ', '.join(names[:3]) + (' ...' if len(names) > 3 else '')
-        where = f'{gt.get("gt_dir")} ({gt.get("subset")})'
-        if n == len(dv):
-            warnings.warn(f'{source}: none of its {len(names)} videos ({shown}) is in the ground truth {where}: '
-                          f'every AP is 0; is it a result for another subset, or are the video names different?',
-                          EvalWarning, stacklevel=3)
-        else:
-            warnings.warn(f'{source}: {n} of {len(dv)} detections are on {len(names)} videos without any ground-truth '
-                          f'instance or Ambiguous interval in {where} ({shown}): they can only be false positives',
-                          EvalWarning, stacklevel=3)
-    det.attrs['videos_checked'] = key
-    det.attrs['num_unknown_videos'] = n
-    return n
-
-
-def _class_index(det, class_ids):
+def class_index(det, class_ids):
+    """The 0-based index in class_ids of each detection's class id."""
     lookup = {cid: k for k, cid in enumerate(class_ids.tolist())}
     return pd.Series(det['class_id'].to_numpy()).map(lookup).to_numpy(dtype=np.int64)
 
@@ -274,30 +399,49 @@ def _finish(metric, thr, aps, info, curves=None):
     return out
 
 
-def _keyed(g, gv, det, dv, class_ids, V):
-    """Ground truth and detections as arrays grouped by key = class * V + video.
+class Instances(NamedTuple):
+    """Ground-truth instances as arrays (file order), grouped by key = class * V + video."""
+    start: np.ndarray
+    end: np.ndarray
+    cls: np.ndarray          # 0-based class index
+    per_class: np.ndarray    # [C] number of instances of each class
+    order: np.ndarray        # indices sorted by key, file order within a key
+    key: np.ndarray          # the key of each index of `order`, ascending
 
-    Ground truth: (start, end, class, instances per class, order, key) with `order` the
-    file order within each key. Detections, put in the kit's order (class, video in
-    ASCII order, score descending, file order): (order, class, video, score, start,
-    end, key), every array already in that order.
-    """
-    gs, ge = _ordered(g['start'].to_numpy(), g['end'].to_numpy())
-    gc = g['cls'].to_numpy(np.int64)
-    npos = np.bincount(gc, minlength=len(class_ids))
-    gorder = np.lexsort((np.arange(len(gc)), gv, gc))
-    dc = _class_index(det, class_ids)
+
+class Detections(NamedTuple):
+    """Detections in the kit's order (class, video in ASCII order, score descending, file order)."""
+    file_order: np.ndarray   # the row of each one in the detections table
+    cls: np.ndarray
+    video: np.ndarray
+    score: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    key: np.ndarray          # class * V + video, ascending
+
+
+def _keyed(table, table_video, det, det_video, class_ids, num_videos):
+    """Ground truth (table, with video codes table_video) and detections (det_video) as Instances
+    and Detections, keys class * num_videos + video."""
+    gt_start, gt_end = ordered_intervals(table['start'].to_numpy(), table['end'].to_numpy())
+    gt_class = table['cls'].to_numpy(np.int64)
+    gt_order = np.lexsort((np.arange(len(gt_class)), table_video, gt_class))
+    instances = Instances(gt_start, gt_end, gt_class, np.bincount(gt_class, minlength=len(class_ids)), gt_order,
+                          (gt_class * num_videos + table_video)[gt_order])
+    det_class = class_index(det, class_ids)
     score = det['score'].to_numpy(np.float64)
-    order = np.lexsort((np.arange(len(det)), -score, dv, dc))
-    dc, dv, score = dc[order], dv[order], score[order]
-    ds, de = _ordered(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
-    return (gs, ge, gc, npos, gorder, (gc * V + gv)[gorder]), (order, dc, dv, score, ds, de, dc * V + dv)
+    order = np.lexsort((np.arange(len(det)), -score, det_video, det_class))
+    det_class, det_video, score = det_class[order], det_video[order], score[order]
+    det_start, det_end = ordered_intervals(det['start'].to_numpy()[order], det['end'].to_numpy()[order])
+    return instances, Detections(order, det_class, det_video, score, det_start, det_end,
+                                 det_class * num_videos + det_video)
 
 
 # ----------------------------------------------------------------------------
 # the official kit
 
-def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None):
+def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None,
+                 protocol=None):
     """Official THUMOS14 kit metric.
 
     result: path of a result file, or a DataFrame(video, start, end, class_id, score).
@@ -306,55 +450,58 @@ def evaluate_kit(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', r
     with return_pr, pr[threshold index][class id] = (recall, precision) arrays).
     """
     thr = _thresholds(thresholds)
-    gt = gt or read_ground_truth(gt_dir, subset)
-    det = _prepare(result, gt, 'result')
-    class_ids, C = gt['class_ids'], len(gt['class_ids'])
-    g, amb = gt['gt'], gt['ambiguous']
-    (gv, av, dv), V = _video_codes(g['video'], amb['video'], det['video'])
-    T, N = len(thr), len(det)
-    (gs, ge, gc, npos, gorder, gkey), (_, dc, dv, score, ds, de, dkey) = _keyed(g, gv, det, dv, class_ids, V)
+    gt = gt or read_ground_truth(gt_dir, subset, protocol)
+    det = read_detections(result, gt)
+    class_ids, num_classes = gt['class_ids'], len(gt['class_ids'])
+    table, amb = gt['gt'], gt['ambiguous']
+    (gt_video, amb_video, det_video), names = number_videos_by_name(table['video'], amb['video'], det['video'])
+    num_det = len(det)
+    inst, dets = _keyed(table, gt_video, det, det_video, class_ids, len(names))
 
     # Each ground-truth instance's candidates are the detections of its (class, video),
     # in the kit's order (its tie-break).
-    lo, hi = _segment_ranges(dkey, gkey)
-    item, d_idx = _expand(lo, hi)
-    g_idx = gorder[item]
-    inter = np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx])
+    item, d_idx = expand_ranges(*key_ranges(dets.key, inst.key))
+    g_idx = inst.order[item]
+    inter = np.minimum(inst.end[g_idx], dets.end[d_idx]) - np.maximum(inst.start[g_idx], dets.start[d_idx])
     keep = inter > 0  # IoU 0 never matches (strict >), so those pairs can go
     item, g_idx, d_idx, inter = item[keep], g_idx[keep], d_idx[keep], inter[keep]
-    iou = inter / (np.maximum(ge[g_idx], de[d_idx]) - np.minimum(gs[g_idx], ds[d_idx]))
-    _, tp = greedy_match(item, d_idx, iou, gkey, N, thr, strict=True)
+    iou = inter / (np.maximum(inst.end[g_idx], dets.end[d_idx]) - np.minimum(inst.start[g_idx], dets.start[d_idx]))
+    _, tp = greedy_match(item, d_idx, iou, inst.key, num_det, thr, strict=True)
 
     # A detection touching an Ambiguous interval of its video (any positive overlap) is
     # dropped unless it is a true positive.
-    aorder = np.argsort(av, kind='stable')
-    as_, ae = _ordered(amb['start'].to_numpy()[aorder], amb['end'].to_numpy()[aorder])
-    alo, ahi = _segment_ranges(av[aorder], dv)
-    d_of, a_idx = _expand(alo, ahi)
-    overlap = np.minimum(ae[a_idx], de[d_of]) - np.maximum(as_[a_idx], ds[d_of]) > 0
-    on_amb = np.bincount(d_of[overlap], minlength=N) > 0
+    amb_order = np.argsort(amb_video, kind='stable')
+    amb_start, amb_end = ordered_intervals(amb['start'].to_numpy()[amb_order], amb['end'].to_numpy()[amb_order])
+    d_of, a_idx = expand_ranges(*key_ranges(amb_video[amb_order], dets.video))
+    overlap = np.minimum(amb_end[a_idx], dets.end[d_of]) - np.maximum(amb_start[a_idx], dets.start[d_of]) > 0
+    on_amb = np.bincount(d_of[overlap], minlength=num_det) > 0
 
     # Ranking: stable sort by score of the kept detections listed video by video,
     # i.e. score descending, then video name, then in-video order.
-    rank = np.lexsort((np.arange(N), dv, -score, dc))
-    aps = np.zeros((C, T))
+    rank = np.lexsort((np.arange(num_det), dets.video, -dets.score, dets.cls))
+    aps = np.zeros((num_classes, len(thr)))
     curves = [] if return_pr else None
-    for t in range(T):
+    for t in range(len(thr)):
         r = rank[tp[t, rank] | ~on_amb[rank]]
-        cls, hit = dc[r], tp[t, r]
-        tp_cum, prec, rec = _precision_curves(cls, hit, npos)
+        cls, hit = dets.cls[r], tp[t, r]
+        tp_cum, prec, rec = _precision_curves(cls, hit, inst.per_class)
         # bincount adds in rank order, exactly like the kit's loop.
-        aps[:, t] = np.bincount(cls[hit], weights=prec[hit], minlength=C)
+        aps[:, t] = np.bincount(cls[hit], weights=prec[hit], minlength=num_classes)
         if return_pr:
             curves.append(_split_curves(cls, rec, prec, class_ids))
+    npos = inst.per_class
     _warn_no_instances(npos, gt, 'kit')
     aps = np.where((npos == 0)[:, None], 0.0, aps / np.maximum(npos, 1)[:, None])
-    info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
-                num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
-                num_ambiguous=int(len(amb)), num_detections=int(N),
-                num_unknown=int(det.attrs.get('num_unknown', 0)),
-                num_unknown_video_detections=int(det.attrs.get('num_unknown_videos', 0)))
+    info = dict(num_gt_instances=int(len(table)), num_gt_videos=int(len(np.unique(gt_video))),
+                num_ambiguous=int(len(amb)), **_counts(gt, det))
     return _finish('kit', thr, aps, info, curves)
+
+
+def _counts(gt, det):
+    return dict(class_ids=gt['class_ids'].tolist(), class_names=list(gt['class_names']), num_detections=int(len(det)),
+                num_unknown=int(det.attrs.get('num_unknown', 0)),
+                num_unknown_video_detections=int(det.attrs.get('num_unknown_videos', 0)),
+                protocol=gt.get('protocol'), num_left_out_detections=int(det.attrs.get('num_left_out', 0)))
 
 
 def _split_curves(cls, rec, prec, class_ids):
@@ -372,7 +519,8 @@ def _warn_no_instances(npos, gt, metric):
 # ----------------------------------------------------------------------------
 # ActivityNet style
 
-def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None):
+def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', return_pr=False, gt=None,
+                  protocol=None):
     """ActivityNet-style metric, as in ActionFormer / OpenTAD style evaluators.
 
     Per class, detections in score order (file order on ties) each take the
@@ -383,59 +531,56 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
     Same arguments and returned dict as evaluate_kit, with metric='anet'.
     """
     thr = _thresholds(thresholds)
-    gt = gt or read_ground_truth(gt_dir, subset)
-    det = _prepare(result, gt, 'result')
-    class_ids, C = gt['class_ids'], len(gt['class_ids'])
-    g = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
-    (gv, dv), V = _video_codes(g['video'], det['video'])
-    T, N = len(thr), len(det)
-    (gs, ge, gc, npos, gorder, gkey), (order, dc, dv, score, ds, de, dkey) = _keyed(g, gv, det, dv, class_ids, V)
-    lo, hi = _segment_ranges(gkey, dkey)
-    d_idx, pos = _expand(lo, hi)
-    g_idx = gorder[pos]
-    inter = np.maximum(np.minimum(ge[g_idx], de[d_idx]) - np.maximum(gs[g_idx], ds[d_idx]), 0)
+    gt = gt or read_ground_truth(gt_dir, subset, protocol)
+    det = read_detections(result, gt)
+    class_ids, num_classes = gt['class_ids'], len(gt['class_ids'])
+    table = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
+    (gt_video, det_video), names = number_videos_by_name(table['video'], det['video'])
+    inst, dets = _keyed(table, gt_video, det, det_video, class_ids, len(names))
+    d_idx, pos = expand_ranges(*key_ranges(inst.key, dets.key))
+    g_idx = inst.order[pos]
+    inter = np.maximum(np.minimum(inst.end[g_idx], dets.end[d_idx]) - np.maximum(inst.start[g_idx], dets.start[d_idx]),
+                       0)
     if thr.min() > 0:  # IoU 0 cannot reach a positive threshold, so those pairs can go
         keep = inter > 0
         d_idx, g_idx, inter = d_idx[keep], g_idx[keep], inter[keep]
     with np.errstate(divide='ignore', invalid='ignore'):
-        iou = np.nan_to_num(inter / ((ge[g_idx] - gs[g_idx]) + (de[d_idx] - ds[d_idx]) - inter), nan=0.0)
-    hit, _ = greedy_match(d_idx, g_idx, iou, dkey, len(gc), thr, strict=False)
+        iou = np.nan_to_num(inter / ((inst.end[g_idx] - inst.start[g_idx]) + (dets.end[d_idx] - dets.start[d_idx])
+                                     - inter), nan=0.0)
+    hit, _ = greedy_match(d_idx, g_idx, iou, dets.key, len(inst.cls), thr, strict=False)
 
-    rank = np.lexsort((order, -score, dc))  # score descending, file order on ties
-    aps = np.zeros((C, T))
+    rank = np.lexsort((dets.file_order, -dets.score, dets.cls))  # score descending, file order on ties
+    npos = inst.per_class
+    aps = np.zeros((num_classes, len(thr)))
     curves = [] if return_pr else None
-    for t in range(T):
+    for t in range(len(thr)):
         tp = hit[t, rank]
-        cls = dc[rank]
+        cls = dets.cls[rank]
         tp_cum, prec, rec = _precision_curves(cls, tp, npos)
         # Monotone envelope per class: running max from the end, kept inside each class
         # by an offset that grows along the reversed array (precision is within [0, 1]).
-        rev = (prec + 2.0 * (C - cls))[::-1]
-        env = (np.maximum.accumulate(rev) - 2.0 * (C - cls)[::-1])[::-1]
+        rev = (prec + 2.0 * (num_classes - cls))[::-1]
+        env = (np.maximum.accumulate(rev) - 2.0 * (num_classes - cls)[::-1])[::-1]
         step = (tp_cum / np.maximum(npos, 1)[cls]) - ((tp_cum - 1) / np.maximum(npos, 1)[cls])
-        aps[:, t] = np.bincount(cls[tp], weights=(step * env)[tp], minlength=C)
+        aps[:, t] = np.bincount(cls[tp], weights=(step * env)[tp], minlength=num_classes)
         if return_pr:
             curves.append(_split_curves(cls, rec, prec, class_ids))
     _warn_no_instances(npos, gt, 'anet')
-    info = dict(class_ids=class_ids.tolist(), class_names=list(gt['class_names']),
-                num_gt_instances=int(len(g)), num_gt_videos=int(len(np.unique(gv))),
-                num_duplicates_removed=int(len(gt['gt']) - len(g)), num_detections=int(N),
-                num_unknown=int(det.attrs.get('num_unknown', 0)),
-                num_unknown_video_detections=int(det.attrs.get('num_unknown_videos', 0)))
+    info = dict(num_gt_instances=int(len(table)), num_gt_videos=int(len(np.unique(gt_video))),
+                num_duplicates_removed=int(len(gt['gt']) - len(table)), **_counts(gt, det))
     return _finish('anet', thr, aps, info, curves)
 
 
+# The metrics by name: the command line's --metric, the plots and the diagnosis take theirs from here.
 EVALUATORS = {'kit': evaluate_kit, 'anet': evaluate_anet}
 
 
-def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False):
-    """Several metrics on one result, reading the files once -> {metric: result dict}."""
-    gt = read_ground_truth(gt_dir, subset)
-    if isinstance(result, pd.DataFrame):
-        det = _prepare(result, gt, 'result')
-    else:
-        det = read_results(result, gt['class_ids'])
-        check_videos(det, gt, str(result))
+def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False,
+             protocol=None, gt=None):
+    """Several metrics on one result, reading the files once -> {metric: result dict}. gt: the
+    ground truth of gt_dir, subset and protocol when already read."""
+    gt = gt or read_ground_truth(gt_dir, subset, protocol)
+    det = read_detections(result, gt)
     return {m: EVALUATORS[m](det, gt_dir, thresholds, subset, return_pr=return_pr, gt=gt) for m in metrics}
 
 
@@ -497,12 +642,11 @@ def format_comparison(labels, results):
     return '\n'.join(lines)
 
 
-def _describe_gt(gt_dir, subset):
+def describe_ground_truth(gt):
     """Which ground truth, and its counts (the protocol a number belongs to)."""
-    gt = read_ground_truth(gt_dir, subset)
     kind = ('annotation JSON, no Ambiguous intervals: the kit metric drops no detection'
-            if str(gt_dir).endswith('.json') else 'kit annotation folder')
-    return (f'ground truth: {gt_dir} ({subset}; {kind}): {len(gt["gt"])} instances in '
+            if str(gt['gt_dir']).endswith('.json') else 'kit annotation folder')
+    return (f'ground truth: {gt["gt_dir"]} ({gt["subset"]}; {kind}): {len(gt["gt"])} instances in '
             f'{gt["gt"]["video"].nunique()} videos, {len(gt["ambiguous"])} Ambiguous intervals')
 
 
@@ -514,15 +658,19 @@ def main(argv=None):
                                                    'i3d_annotation with data_source=i3d)')
     parser.add_argument('--subset', default='test')
     parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
-    parser.add_argument('--metric', choices=['kit', 'anet', 'both'], default='kit')
+    parser.add_argument('--metric', choices=[*EVALUATORS, 'all', 'both'], default='kit',
+                        help='all (or both): every metric')
+    parser.add_argument('--protocol', default=None,
+                        help=f'test videos: {", ".join(PROTOCOLS)}, or a file of video names, one a line '
+                             f'(default: all for the kit\'s folder, actionformer for a JSON)')
     parser.add_argument('--json', default=None, help='write APs and mAPs here')
     parser.add_argument('--summary', action='store_true', help='print only the mAP rows, not the per-class table')
     parser.add_argument('--compare', action='store_true', help='several results: print only the comparison table')
-    warnings.formatwarning = lambda msg, *a, **k: f'warning: {msg}\n'
+    warnings.formatwarning = thumos14.format_warning
     try:
         cfg, args = config.parse_config(parser, argv)
         gt_dir = args.gt or config.get_eval_gt_path(cfg)
-        metrics = ('kit', 'anet') if args.metric == 'both' else (args.metric,)
+        metrics = tuple(EVALUATORS) if args.metric in ('all', 'both') else (args.metric,)
         labels = args.labels or args.result
         if len(labels) != len(args.result):
             raise ValueError(f'{len(args.result)} result files but {len(labels)} --labels')
@@ -530,19 +678,23 @@ def main(argv=None):
             if len(args.result) > 1:
                 raise ValueError('--json takes one result file')
             fileio.check_writable(args.json)
-        every = [evaluate(r, gt_dir, args.thresholds, args.subset, metrics) for r in args.result]
-        described = _describe_gt(gt_dir, args.subset) if len(args.result) > 1 else None
+        gt = read_ground_truth(gt_dir, args.subset, args.protocol)
+        every = [evaluate(r, gt_dir, args.thresholds, args.subset, metrics, gt=gt) for r in args.result]
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     for result, results in zip(args.result, [] if args.compare and len(every) > 1 else every):
         print(f'result: {result}  ground truth: {gt_dir} ({args.subset})')
+        left_out = next(iter(results.values()))['num_left_out_detections']
+        dropped = f'; {left_out} detections on the videos it leaves out dropped' if left_out else ''
+        print(describe_protocol(gt) + dropped)
         for res in results.values():
             print()
             table = format_table(res)
             print('\n'.join(table.splitlines()[:3] + table.splitlines()[-2:]) if args.summary else table)
         print()
     if len(every) > 1:
-        print(described)
+        print(describe_ground_truth(gt))
+        print(describe_protocol(gt))
         print(format_comparison(labels, every))
     if args.json:
         write_json(every[0], args.json)

@@ -1,6 +1,7 @@
 """THUMOS14 facts and file formats, each defined once (docs/method.md §1-2).
 
-- the 20 detection classes: THUMOS14 ids, names, the model's class indices;
+- the 20 detection classes: THUMOS14 ids, names, the model's class indices (THUMOS14_CLASSES, a
+  classes.ClassList);
 - frame rates: the built-in table of the test videos that are not 30 fps, and the
   optional `video,fps` CSV (config field `fps_file`);
 - the feature-folder name `<root>/<split>/<mode>DataX<pretrain>`;
@@ -9,7 +10,8 @@
 - the result-file line `video start_s end_s class_id score` (writer and reader), and
   the whitespace-separated text the evaluation kit's files share.
 
-Nothing here knows about models or configs: every other module may import it.
+Nothing here knows about models or configs: every other module may import it (it imports only
+fileio and classes).
 """
 import csv
 import json
@@ -20,6 +22,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+import classes
 from fileio import atomic_open
 
 # --- classes ---
@@ -35,6 +38,7 @@ CLASS_IDS = CLASS_REAL[1:]             # the 20 action ids, in model-index order
 CLASS_NAME_OF_ID = dict(zip(CLASS_IDS, CLASS_NAMES[1:]))
 CLASS_ID_OF_NAME = {name: cid for cid, name in CLASS_NAME_OF_ID.items()}
 CLASS_INDEX_OF_ID = {cid: k for k, cid in enumerate(CLASS_REAL) if k > 0}
+THUMOS14_CLASSES = classes.ClassList(tuple(CLASS_NAMES[1:]), tuple(CLASS_IDS))
 # Every CliffDiving instance is also a Diving instance in the ground truth, so post-processing
 # repeats each CliffDiving detection as Diving (§10).
 CLIFF_DIVING, DIVING = 22, 26
@@ -99,17 +103,26 @@ def video_fps(fps_file=''):
 JSON_SUBSETS = {'Validation': 'val', 'Test': 'test'}
 AMBIGUOUS_LABEL = 'Ambiguous'   # not in the field's JSONs; read as the kit's Ambiguous intervals if there
 VIDEO_FIELDS = ('subset', 'duration', 'fps', 'annotations')
-# An instance may end this many frames past the video's duration (one I3D clip): durations are
-# rounded frame counts, and such ends are cut at the duration. Further out it is an error.
+# An instance may end this many frames past the video's duration (one I3D clip) and still count as
+# inside it: durations are rounded frame counts.
 SEGMENT_SLACK_FRAMES = 16
 
 
-def read_annotation_json(path):
-    """The field's THUMOS14 annotation JSON -> dict of DataFrames, times in seconds:
+def read_annotation_json(path, class_list=THUMOS14_CLASSES):
+    """The field's annotation JSON -> dict of DataFrames, times in seconds:
 
-    videos (video, subset, split, duration, fps), in file order; instances (video, label,
-    class_id, start, end), the 20 classes only, in file order; ambiguous (video, start, end).
-    Every refusal is one ValueError naming the file, the video and the field."""
+    videos (video, subset, split, duration, fps), in file order; instances (video, label, class_id,
+    start, end, end_in_video, past_end), in file order; ambiguous (video, start, end); classes (the
+    ClassList used).
+
+    class_list: the classes the labels must name (default THUMOS14's 20; class_id is then the
+    THUMOS14 id); None: the file's own labels (classes.from_labels), or THUMOS14's when every
+    label is a THUMOS14 class. Segments are as in the file: `past_end` marks an instance that
+    starts at or after its video's duration or ends more than SEGMENT_SLACK_FRAMES past it (the
+    field's THUMOS14 file has 30), `end_in_video` is its end cut at the duration; whoever reads
+    the instances decides what to do with those. Every refusal (a missing field, not a number,
+    a negative start, an end at or before the start, an unknown label, a label_id that does not
+    match its label) is one ValueError naming the file, the video and the field."""
     db = _json_database(path)
     rows, annos = [], []
     for video, entry in db.items():
@@ -135,9 +148,23 @@ def read_annotation_json(path):
         videos[field] = values
     videos['split'] = videos['subset'].map(JSON_SUBSETS)
     segments = _json_segments(path, annos, videos)
-    ambiguous = segments['label'] == AMBIGUOUS_LABEL
-    return dict(videos=videos, instances=segments[~ambiguous].reset_index(drop=True),
-                ambiguous=segments.loc[ambiguous, ['video', 'start', 'end']].reset_index(drop=True))
+    ambiguous = (segments['label'] == AMBIGUOUS_LABEL).to_numpy()
+    if class_list is None:
+        class_list = json_class_list(segments['label'][~ambiguous], segments['label_id'][~ambiguous])
+    instances = _json_classes(path, segments, class_list)
+    return dict(videos=videos, instances=instances[~ambiguous].reset_index(drop=True),
+                ambiguous=segments.loc[ambiguous, ['video', 'start', 'end']].reset_index(drop=True),
+                classes=class_list)
+
+
+def json_class_list(labels, label_ids):
+    """The ClassList of a JSON's instance labels: THUMOS14's when every label is a THUMOS14 class
+    (result files then carry THUMOS14 ids), else classes.from_labels."""
+    labels = list(labels)
+    if set(labels) <= set(CLASS_ID_OF_NAME):
+        return THUMOS14_CLASSES
+    ids = [None if pd.isna(i) else i for i in label_ids]
+    return classes.from_labels(labels, ids)
 
 
 def _json_database(path):
@@ -186,22 +213,50 @@ def _json_segments(path, annos, videos):
                              f'(segment [{r["start"]}, {r["end"]}], label {r["label"]!r}, video duration '
                              f'{duration[i[0]]:g} s){f"; {len(i) - 1} more such" if len(i) > 1 else ""}')
 
-    known = out['label'].isin(list(CLASS_ID_OF_NAME) + [AMBIGUOUS_LABEL]).to_numpy()
-    fail(~known, f'field label is not a THUMOS14 class (classes: {", ".join(CLASS_NAMES[1:])})')
     fail(~np.isfinite(start) | ~np.isfinite(end), 'field segment is not two numbers')
-    fail((start < 0) | (start >= duration), 'field segment starts outside the video')
+    fail(start < 0, 'field segment starts before the video')
     fail(end <= start, 'field segment ends at or before its start')
-    fail(end > duration + SEGMENT_SLACK_FRAMES / fps, 'field segment ends outside the video')
-    out['class_id'] = out['label'].map(CLASS_ID_OF_NAME).fillna(0).astype(np.int64)
-    # label_id is the class's 0-based index in name order in ActionFormer's file (k - 1 here); the
-    # name is the fact, the number is only checked. Either numbering is accepted.
+    out['end_in_video'] = np.minimum(end, duration)
+    out['past_end'] = (start >= duration) | (end > duration + SEGMENT_SLACK_FRAMES / fps)
+    return out
+
+
+def _json_classes(path, segments, class_list):
+    """The segments with class_id (0 for Ambiguous), their labels and label_ids checked against
+    `class_list`."""
+    out = segments
+
+    def where(i):
+        return f'{path}: video {out["video"][i]}: annotation {out["number"][i]}'
+
+    amb = (out['label'] == AMBIGUOUS_LABEL).to_numpy()
+    known = out['label'].isin(list(class_list.names)).to_numpy() | amb
+    if not known.all():
+        i = int(np.flatnonzero(~known)[0])
+        shown = ', '.join(class_list.names[:25]) + (' ...' if len(class_list.names) > 25 else '')
+        raise ValueError(f'{where(i)}: field label {out["label"][i]!r} is not a class of the dataset '
+                         f'(classes: {shown}){f"; {int((~known).sum()) - 1} more such" if (~known).sum() > 1 else ""}')
+    out['class_id'] = out['label'].map(class_list.id_of_name()).fillna(0).astype(np.int64)
+    has_id = (~out['label_id'].isna()).to_numpy() & ~amb
     lid = pd.to_numeric(out['label_id'], errors='coerce').to_numpy(np.float64)
-    index = out['label'].map({n: k - 1 for k, n in enumerate(CLASS_NAMES) if k}).to_numpy(np.float64)
-    fail(~out['label_id'].isna().to_numpy() & (out['label'] != AMBIGUOUS_LABEL).to_numpy()
-         & (lid != index) & (lid != out['class_id'].to_numpy()),
-         'field label_id does not match the label (expected its 0-based index in name order, or its THUMOS14 id)')
-    out['end'] = np.minimum(end, duration)
-    return out[['video', 'label', 'class_id', 'start', 'end']]
+    if class_list == THUMOS14_CLASSES:
+        # label_id is the class's 0-based index in name order in ActionFormer's file (k - 1 here);
+        # the name is the fact, the number is only checked. Either numbering is accepted.
+        index = out['label'].map({n: k - 1 for k, n in enumerate(CLASS_NAMES) if k}).to_numpy(np.float64)
+        bad = has_id & (lid != index) & (lid != out['class_id'].to_numpy())
+        expected = 'its 0-based index in name order, or its THUMOS14 id'
+    else:
+        # One label_id per label and one label per label_id: the numbering the classes follow.
+        pairs = out.loc[has_id, ['label', 'label_id']].astype(str).drop_duplicates()
+        clash = set(pairs['label'][pairs['label'].duplicated()]) | \
+            set(pairs['label'][pairs['label_id'].duplicated(keep=False)])
+        bad = has_id & out['label'].isin(clash).to_numpy()
+        expected = 'one label_id per label and one label per label_id'
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f'{where(i)}: field label_id {out["label_id"].tolist()[i]!r} does not match the label '
+                         f'{out["label"][i]!r} (expected {expected})')
+    return out[['video', 'label', 'class_id', 'start', 'end', 'end_in_video', 'past_end']]
 
 
 # --- feature folders ---

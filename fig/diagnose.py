@@ -131,23 +131,6 @@ def video_lengths(videos, ends, info):
 # ----------------------------------------------------------------------------
 # labelling
 
-def _ranges(sorted_keys, keys):
-    """(index of the item, position in the sorted array) of every element of `sorted_keys` equal to keys[i]."""
-    lo, hi = np.searchsorted(sorted_keys, keys, 'left'), np.searchsorted(sorted_keys, keys, 'right')
-    n = hi - lo
-    item = np.repeat(np.arange(len(keys)), n)
-    pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
-    return item, pos
-
-
-def _rank_in_run(keys):
-    """0-based position of each element within its run of equal, grouped keys."""
-    if len(keys) == 0:
-        return np.zeros(0, np.int64)
-    first = np.concatenate([[True], keys[1:] != keys[:-1]])
-    return np.arange(len(keys)) - np.maximum.accumulate(np.where(first, np.arange(len(keys)), 0))
-
-
 def match_in_score_order(d, g, iou, det_rank, num_gt, tiou):
     """Greedy matching of each (class, video)'s detections in score order.
 
@@ -186,33 +169,29 @@ def _overlaps(ds, de, gs, ge, d, g):
     return inter, iou
 
 
-def _ordered(df):
-    """(start, end) of a table's intervals, each put in order (reversed ones flipped, as evaluate.py does)."""
-    s, e = df['start'].to_numpy(np.float64), df['end'].to_numpy(np.float64)
-    return np.minimum(s, e), np.maximum(s, e)
+def _intervals(table):
+    """(start, end) of a table's intervals as float64, reversed ones flipped (as evaluate.py does)."""
+    return evaluate.ordered_intervals(table['start'].to_numpy(np.float64), table['end'].to_numpy(np.float64))
 
 
 def _arrays(det, gt):
     """Instances (repeats removed) and detections as arrays; detections in matching order
     (class, video, score descending, file order)."""
-    g = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
+    table = gt['gt'].drop_duplicates(['cls', 'video', 'start', 'end']).reset_index(drop=True)
     amb = gt['ambiguous']
-    lookup = {cid: k for k, cid in enumerate(np.asarray(gt['class_ids']).tolist())}
-    dc = pd.Series(det['class_id'].to_numpy()).map(lookup).to_numpy(np.int64)
-    names = np.concatenate([g['video'].to_numpy(object), amb['video'].to_numpy(object),
-                            det['video'].to_numpy(object)])
-    codes, videos = pd.factorize(names, sort=True)
-    gv, av, dv = np.split(codes.astype(np.int64), [len(g), len(g) + len(amb)])
+    det_class = evaluate.class_index(det, np.asarray(gt['class_ids']))
+    (gt_video, amb_video, det_video), videos = evaluate.number_videos_by_name(table['video'], amb['video'],
+                                                                              det['video'])
     score = det['score'].to_numpy(np.float64)
-    order = np.lexsort((np.arange(len(det)), -score, dv, dc))
-    ds, de = _ordered(det)
-    gs, ge = _ordered(g)
-    as_, ae = _ordered(amb)
-    return dict(videos=np.asarray(videos, object), V=len(videos),
-                gt=dict(video=gv, cls=g['cls'].to_numpy(np.int64), start=gs, end=ge),
-                amb=dict(video=av, start=as_, end=ae),
-                det=dict(index=order, cls=dc[order], video=dv[order], score=score[order], start=ds[order],
-                         end=de[order]))
+    order = np.lexsort((np.arange(len(det)), -score, det_video, det_class))
+    det_start, det_end = _intervals(det)
+    gt_start, gt_end = _intervals(table)
+    amb_start, amb_end = _intervals(amb)
+    return dict(videos=videos, V=len(videos),
+                gt=dict(video=gt_video, cls=table['cls'].to_numpy(np.int64), start=gt_start, end=gt_end),
+                amb=dict(video=amb_video, start=amb_start, end=amb_end),
+                det=dict(index=order, cls=det_class[order], video=det_video[order], score=score[order],
+                         start=det_start[order], end=det_end[order]))
 
 
 def label_detections(det, gt, tiou=0.5, ambiguous='kit'):
@@ -227,40 +206,41 @@ def label_detections(det, gt, tiou=0.5, ambiguous='kit'):
         raise ValueError(f'tiou must be in (0, 1], got {tiou}')
     if ambiguous not in AMBIGUOUS_POLICIES:
         raise ValueError(f'ambiguous must be one of {AMBIGUOUS_POLICIES}, got {ambiguous!r}')
-    A = _arrays(det, gt)
-    D, G, Amb = A['det'], A['gt'], A['amb']
-    N, C = len(D['cls']), len(gt['class_ids'])
-    gperm = np.argsort(G['video'], kind='stable')       # by video, file order inside
-    d, pos = _ranges(G['video'][gperm], D['video'])
+    labelled = _arrays(det, gt)
+    dets, inst, amb = labelled['det'], labelled['gt'], labelled['amb']
+    num_det, num_classes = len(dets['cls']), len(gt['class_ids'])
+    gperm = np.argsort(inst['video'], kind='stable')       # by video, file order inside
+    d, pos = evaluate.expand_ranges(*evaluate.key_ranges(inst['video'][gperm], dets['video']))
     g = gperm[pos]
-    inter, iou = _overlaps(D['start'], D['end'], G['start'], G['end'], d, g)
+    inter, iou = _overlaps(dets['start'], dets['end'], inst['start'], inst['end'], d, g)
     keep = inter > 0                                    # tIoU 0 matters for nothing (every bound is > 0)
     d, g, iou = d[keep], g[keep], iou[keep]
-    same = G['cls'][g] == D['cls'][d]
-    det_rank = _rank_in_run(D['cls'] * A['V'] + D['video'])
-    matched = match_in_score_order(d[same], g[same], iou[same], det_rank, len(G['cls']), tiou)
-    max_same, max_other = np.zeros(N), np.zeros(N)
+    same = inst['cls'][g] == dets['cls'][d]
+    det_rank = evaluate.rank_in_group(dets['cls'] * labelled['V'] + dets['video'])
+    matched = match_in_score_order(d[same], g[same], iou[same], det_rank, len(inst['cls']), tiou)
+    max_same, max_other = np.zeros(num_det), np.zeros(num_det)
     np.maximum.at(max_same, d[same], iou[same])
     np.maximum.at(max_other, d[~same], iou[~same])
     label = np.select([matched >= 0, max_same >= tiou, max_other >= tiou, max_same >= MIN_TIOU,
                        max_other >= MIN_TIOU], [TP, DOUBLE, WRONG, LOC, CONF], BG)
-    aperm = np.argsort(Amb['video'], kind='stable')
-    da, apos = _ranges(Amb['video'][aperm], D['video'])
-    a_inter, _ = _overlaps(D['start'], D['end'], Amb['start'][aperm], Amb['end'][aperm], da, apos)
-    on_amb = np.bincount(da[a_inter > 0], minlength=N) > 0
-    dropped = on_amb & (label != TP) if ambiguous == 'kit' else np.zeros(N, bool)
-    D.update(label=label, matched=matched, dropped=dropped, max_same=max_same, max_other=max_other)
-    A.update(tiou=tiou, ambiguous=ambiguous, npos=np.bincount(G['cls'], minlength=C), C=C)
-    return A
+    aperm = np.argsort(amb['video'], kind='stable')
+    da, apos = evaluate.expand_ranges(*evaluate.key_ranges(amb['video'][aperm], dets['video']))
+    a_inter, _ = _overlaps(dets['start'], dets['end'], amb['start'][aperm], amb['end'][aperm], da, apos)
+    on_amb = np.bincount(da[a_inter > 0], minlength=num_det) > 0
+    dropped = on_amb & (label != TP) if ambiguous == 'kit' else np.zeros(num_det, bool)
+    dets.update(label=label, matched=matched, dropped=dropped, max_same=max_same, max_other=max_other)
+    labelled.update(tiou=tiou, ambiguous=ambiguous, npos=np.bincount(inst['cls'], minlength=num_classes),
+                    C=num_classes)
+    return labelled
 
 
-def ranking(A):
+def ranking(labelled):
     """The kept detections (not dropped) by class, score descending, file order: index array into
-    A['det'], and each one's 0-based rank within its class."""
-    D = A['det']
-    kept = np.flatnonzero(~D['dropped'])
-    r = kept[np.lexsort((D['index'][kept], -D['score'][kept], D['cls'][kept]))]
-    return r, _rank_in_run(D['cls'][r])
+    labelled['det'], and each one's 0-based rank within its class."""
+    dets = labelled['det']
+    kept = np.flatnonzero(~dets['dropped'])
+    r = kept[np.lexsort((dets['index'][kept], -dets['score'][kept], dets['cls'][kept]))]
+    return r, evaluate.rank_in_group(dets['cls'][r])
 
 
 # ----------------------------------------------------------------------------
@@ -294,39 +274,39 @@ def class_ap(cls, tp, npos, norm=None):
     return ap
 
 
-def fp_breakdown(A):
+def fp_breakdown(labelled):
     """counts [TOP_K, len(TYPES)]: detections of each type among the top-kG of every class, pooled
     over classes (row j: k = j + 1); per_class [C, len(TYPES)] at k = TOP_K."""
-    r, rank = ranking(A)
-    cls, label = A['det']['cls'][r], A['det']['label'][r]
-    G = A['npos'][cls]
-    counts = np.stack([np.bincount(label[rank < j * G], minlength=len(TYPES)) for j in range(1, TOP_K + 1)])
-    top = rank < TOP_K * G
-    per_class = np.bincount(cls[top] * len(TYPES) + label[top], minlength=A['C'] * len(TYPES))
-    return counts, per_class.reshape(A['C'], len(TYPES))
+    r, rank = ranking(labelled)
+    cls, label = labelled['det']['cls'][r], labelled['det']['label'][r]
+    class_size = labelled['npos'][cls]   # DETAD's G of each detection's class
+    counts = np.stack([np.bincount(label[rank < j * class_size], minlength=len(TYPES)) for j in range(1, TOP_K + 1)])
+    top = rank < TOP_K * class_size
+    per_class = np.bincount(cls[top] * len(TYPES) + label[top], minlength=labelled['C'] * len(TYPES))
+    return counts, per_class.reshape(labelled['C'], len(TYPES))
 
 
-def removal_gains(A):
+def removal_gains(labelled):
     """mAP of all kept detections, and {error type: mAP gain if every detection of that type were removed}.
     mAP is the plain mean over classes (no instances: AP 0), as the metrics of evaluate.py."""
-    r, _ = ranking(A)
-    cls, label = A['det']['cls'][r], A['det']['label'][r]
+    r, _ = ranking(labelled)
+    cls, label = labelled['det']['cls'][r], labelled['det']['label'][r]
 
     def mean_ap(keep):
-        return float(np.nan_to_num(class_ap(cls[keep], label[keep] == TP, A['npos'])).mean())
+        return float(np.nan_to_num(class_ap(cls[keep], label[keep] == TP, labelled['npos'])).mean())
 
     base = mean_ap(np.ones(len(r), bool))
     return base, {TYPES[e]: mean_ap(label != e) - base for e in range(1, len(TYPES))}
 
 
-def instance_characteristics(A, lengths):
+def instance_characteristics(labelled, lengths):
     """Per instance: {'length': s, 'coverage': length / video length, 'instances': instances of its
     class in its video}; lengths [V]: length (s) of every video code."""
-    G = A['gt']
-    length = G['end'] - G['start']
+    inst = labelled['gt']
+    length = inst['end'] - inst['start']
     with np.errstate(divide='ignore', invalid='ignore'):
-        coverage = np.where(lengths[G['video']] > 0, length / lengths[G['video']], np.inf)
-    key = G['cls'] * A['V'] + G['video']
+        coverage = np.where(lengths[inst['video']] > 0, length / lengths[inst['video']], np.inf)
+    key = inst['cls'] * labelled['V'] + inst['video']
     _, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
     return {'length': length, 'coverage': coverage, 'instances': count[inverse].astype(np.float64)}
 
@@ -337,24 +317,24 @@ def bin_of(values, name):
     return np.clip(np.searchsorted(edges, values, 'left') - 1, 0, len(edges) - 2)
 
 
-def sensitivity(A, lengths):
+def sensitivity(labelled, lengths):
     """Per characteristic of BINS: dict(bins, instances [B], norm_map [B] (NaN: no instance), fn_rate [B]),
     and the normalised mAP and false-negative rate over all instances."""
-    r, rank = ranking(A)
-    D, npos = A['det'], A['npos']
-    cls, m = D['cls'][r], D['matched'][r]
+    r, rank = ranking(labelled)
+    dets, npos = labelled['det'], labelled['npos']
+    cls, m = dets['cls'][r], dets['matched'][r]
     tp = m >= 0
     norm = npos.sum() / max(int((npos > 0).sum()), 1)
-    detected = np.zeros(len(A['gt']['cls']), bool)
+    detected = np.zeros(len(labelled['gt']['cls']), bool)
     detected[m[tp & (rank < TOP_K * npos[cls])]] = True
     out = {'all': dict(norm_map=float(np.nanmean(class_ap(cls, tp, npos, norm))) if npos.any() else np.nan,
                        fn_rate=float(np.mean(~detected)) if len(detected) else np.nan, norm=norm)}
-    for name, values in instance_characteristics(A, lengths).items():
+    for name, values in instance_characteristics(labelled, lengths).items():
         b = bin_of(values, name)
         B = len(BINS[name][2])
         res = dict(instances=np.bincount(b, minlength=B), norm_map=np.full(B, np.nan), fn_rate=np.full(B, np.nan))
         for k in range(B):
-            npos_k = np.bincount(A['gt']['cls'][b == k], minlength=len(npos))
+            npos_k = np.bincount(labelled['gt']['cls'][b == k], minlength=len(npos))
             if not npos_k.any():
                 continue
             keep = ~tp | (b[np.maximum(m, 0)] == k)
@@ -364,19 +344,19 @@ def sensitivity(A, lengths):
     return out
 
 
-def worst_videos(A, num=3):
+def worst_videos(labelled, num=3):
     """The `num` videos with the most errors (error-typed detections among the top-10G of their class,
     plus false negatives) -> DataFrame(video, one column per error type, missed, errors)."""
-    r, rank = ranking(A)
-    D, npos = A['det'], A['npos']
-    top = r[rank < TOP_K * npos[D['cls'][r]]]
-    per = np.zeros((A['V'], len(TYPES)), np.int64)
-    np.add.at(per, (D['video'][top], D['label'][top]), 1)
-    detected = np.zeros(len(A['gt']['cls']), bool)
-    detected[D['matched'][top][D['matched'][top] >= 0]] = True
-    missed = np.bincount(A['gt']['video'][~detected], minlength=A['V'])
+    r, rank = ranking(labelled)
+    dets, npos = labelled['det'], labelled['npos']
+    top = r[rank < TOP_K * npos[dets['cls'][r]]]
+    per = np.zeros((labelled['V'], len(TYPES)), np.int64)
+    np.add.at(per, (dets['video'][top], dets['label'][top]), 1)
+    detected = np.zeros(len(labelled['gt']['cls']), bool)
+    detected[dets['matched'][top][dets['matched'][top] >= 0]] = True
+    missed = np.bincount(labelled['gt']['video'][~detected], minlength=labelled['V'])
     df = pd.DataFrame(per[:, 1:], columns=list(ERRORS))
-    df.insert(0, 'video', A['videos'])
+    df.insert(0, 'video', labelled['videos'])
     df['missed'] = missed
     df['errors'] = per[:, 1:].sum(1) + missed
     df = df[df['errors'] > 0].sort_values(['errors', 'video'], ascending=[False, True], kind='stable')
@@ -386,18 +366,18 @@ def worst_videos(A, num=3):
 def diagnose(det, gt, tiou=0.5, ambiguous='kit', info=None):
     """Everything a report shows, as numbers. det: detections of known classes; gt: read_ground_truth;
     info: {video: length in s} or None."""
-    A = label_detections(det, gt, tiou, ambiguous)
-    ends = pd.concat([pd.DataFrame({'video': A['videos'][part['video']], 'end': part['end']})
-                      for part in (A['gt'], A['amb'], A['det'])], ignore_index=True)
-    lengths, num_info = video_lengths(A['videos'], ends, info)
-    counts, per_class = fp_breakdown(A)
-    base, gains = removal_gains(A)
-    gt_videos = np.unique(A['gt']['video'])
-    num_info_gt = int(pd.Series(A['videos'][gt_videos]).isin(list((info or {}).keys())).sum())
-    return dict(labels=A, counts=counts, per_class=per_class, base_map=base, gains=gains,
-                sensitivity=sensitivity(A, lengths), worst=worst_videos(A), lengths=lengths,
+    labelled = label_detections(det, gt, tiou, ambiguous)
+    ends = pd.concat([pd.DataFrame({'video': labelled['videos'][part['video']], 'end': part['end']})
+                      for part in (labelled['gt'], labelled['amb'], labelled['det'])], ignore_index=True)
+    lengths, num_info = video_lengths(labelled['videos'], ends, info)
+    counts, per_class = fp_breakdown(labelled)
+    base, gains = removal_gains(labelled)
+    gt_videos = np.unique(labelled['gt']['video'])
+    num_info_gt = int(pd.Series(labelled['videos'][gt_videos]).isin(list((info or {}).keys())).sum())
+    return dict(labels=labelled, counts=counts, per_class=per_class, base_map=base, gains=gains,
+                sensitivity=sensitivity(labelled, lengths), worst=worst_videos(labelled), lengths=lengths,
                 num_length_from_info=num_info_gt, num_gt_videos=len(gt_videos),
-                num_dropped=int(A['det']['dropped'].sum()))
+                num_dropped=int(labelled['det']['dropped'].sum()))
 
 
 # ----------------------------------------------------------------------------
@@ -466,11 +446,11 @@ def plot_sensitivity(sens, title=''):
     return png_base64(fig)
 
 
-def timeline_base64(det, gt_dir, videos, subset):
-    """fig/visualize.plot_timeline of `videos`, as base64 PNG text (drawn in a temporary folder)."""
+def timeline_base64(det, gt, videos):
+    """fig/visualize.plot_timeline of `videos` (gt: evaluate.read_ground_truth's), as base64 PNG text
+    (drawn in a temporary folder)."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = visualize.plot_timeline(det, gt_dir, videos, os.path.join(tmp, 'timeline.png'), top=15,
-                                      subset=subset)
+        out = visualize.plot_timeline(det, None, videos, os.path.join(tmp, 'timeline.png'), top=15, gt=gt)
         with open(out, 'rb') as f:
             return base64.b64encode(f.read()).decode('ascii')
 
@@ -488,31 +468,33 @@ def _pct(x):
     return 'n/a' if x is None or not np.isfinite(x) else f'{100 * x:.2f}'
 
 
-def _swatch(class_id):
-    rgb = visualize.class_color(class_id)[:3]
+def _swatch(class_id, class_ids):
+    rgb = visualize.class_color(class_id, class_ids)[:3]
     color = '#' + ''.join(f'{int(round(255 * v)):02x}' for v in rgb)
     return f'<span class="sw" style="background:{color}"></span>'
 
 
 def _ap_section(evals, diag, gt, tiou):
-    kit, anet = evals['kit'], evals['anet']
-    t = int(np.flatnonzero(np.isclose(kit['thresholds'], tiou, atol=1e-9))[0])
-    A = diag['labels']
-    r, _ = ranking(A)
-    cls, label = A['det']['cls'][r], A['det']['label'][r]
-    ap_n = class_ap(cls, label == TP, A['npos'], diag['sensitivity']['all']['norm'])
-    rows = [[_swatch(cid) + html.escape(name), cid, int(A['npos'][c]), _pct(kit['per_class'][cid][t]),
-             _pct(anet['per_class'][cid][t]), _pct(ap_n[c])]
+    """The mAP of every metric at every threshold, and per class at `tiou` with the normalised AP."""
+    first = next(iter(evals.values()))
+    t = int(np.flatnonzero(np.isclose(first['thresholds'], tiou, atol=1e-9))[0])
+    labelled = diag['labels']
+    r, _ = ranking(labelled)
+    cls, label = labelled['det']['cls'][r], labelled['det']['label'][r]
+    ap_n = class_ap(cls, label == TP, labelled['npos'], diag['sensitivity']['all']['norm'])
+    rows = [[_swatch(cid, gt['class_ids']) + html.escape(name), cid, int(labelled['npos'][c]),
+             *[_pct(res['per_class'][cid][t]) for res in evals.values()], _pct(ap_n[c])]
             for c, (cid, name) in enumerate(zip(gt['class_ids'].tolist(), gt['class_names']))]
-    rows.append(['<b>mAP</b>', '', int(A['npos'].sum()), _pct(kit['map'][t]), _pct(anet['map'][t]),
+    rows.append(['<b>mAP</b>', '', int(labelled['npos'].sum()), *[_pct(res['map'][t]) for res in evals.values()],
                  _pct(diag['sensitivity']['all']['norm_map'])])
-    per_class = _table(['class', 'id', 'instances G', f'kit AP@{tiou:g}', f'ActivityNet-style AP@{tiou:g}',
+    per_class = _table(['class', 'id', 'instances G', *[f'{m} AP@{tiou:g}' for m in evals],
                         f'normalised AP@{tiou:g} (N = {diag["sensitivity"]["all"]["norm"]:.1f})'], rows)
-    thr_rows = [[html.escape(evaluate.METRIC_TITLES[m]), *[_pct(v) for v in evals[m]['map']],
-                 _pct(evals[m]['map_avg_0.3_0.7'])] for m in ('kit', 'anet')]
-    by_thr = _table(['mAP (%) at tIoU', *[f'{x:g}' for x in kit['thresholds']], 'avg 0.3:0.7'], thr_rows)
-    return (f'<h2 id="ap">Average precision</h2>{by_thr}<p>Per class at tIoU {tiou:g} (%). The normalised AP '
-            f'uses the DETAD labelling of this report (Ambiguous policy "{A["ambiguous"]}").</p>{per_class}')
+    thr_rows = [[html.escape(evaluate.METRIC_TITLES.get(m, m)), *[_pct(v) for v in res['map']],
+                 _pct(res['map_avg_0.3_0.7'])] for m, res in evals.items()]
+    by_thr = _table(['mAP (%) at tIoU', *[f'{x:g}' for x in first['thresholds']], 'avg 0.3:0.7'], thr_rows)
+    return (f'<h2 id="ap">Average precision</h2>{by_thr}<p>Per class at tIoU {tiou:g} (%), one column per metric '
+            f'of the first table. The normalised AP uses the DETAD labelling of this report (Ambiguous policy '
+            f'"{labelled["ambiguous"]}").</p>{per_class}')
 
 
 def _fp_section(diag, gt, picture):
@@ -520,7 +502,8 @@ def _fp_section(diag, gt, picture):
     rows = [[f'{j + 1}G', int(counts[j].sum()), *[f'{int(v)} ({100 * v / max(counts[j].sum(), 1):.1f}%)'
                                                   for v in counts[j]]] for j in range(TOP_K)]
     pooled = _table(['top', 'detections', *TYPES], rows)
-    crow = [[_swatch(cid) + html.escape(name), int(diag['labels']['npos'][c]), *[int(v) for v in per_class[c]]]
+    crow = [[_swatch(cid, gt['class_ids']) + html.escape(name), int(diag['labels']['npos'][c]),
+             *[int(v) for v in per_class[c]]]
             for c, (cid, name) in enumerate(zip(gt['class_ids'].tolist(), gt['class_names']))]
     classes = _table(['class', 'G', *TYPES], crow)
     grow = [[html.escape(e), f'{100 * (diag["base_map"] + gains[e]):.2f}', f'{100 * gains[e]:+.2f}'] for e in ERRORS]
@@ -569,14 +552,14 @@ STYLE = ('body{font-family:sans-serif;max-width:1300px;margin:1em auto;color:#22
 
 def render_report(name, evals, diag, gt, tiou, pictures, length_note):
     """The report's HTML text. pictures: base64 PNGs {'fp', 'sensitivity', 'timeline' (or None)}."""
-    A = diag['labels']
+    labelled = diag['labels']
     defs = ''.join(f'<li><b>{t}</b>: {html.escape(d)}</li>' for t, d in zip(TYPES, DEFINITIONS))
     choices = ''.join(f'<li>{html.escape(c)}</li>' for c in REPORT_CHOICES)
     setup = [f'result file: <code>{html.escape(name)}</code>; ground truth: <code>{html.escape(gt["gt_dir"])}'
-             f'</code> ({html.escape(gt["subset"])})',
-             f'{len(A["det"]["cls"])} detections, {int(A["npos"].sum())} instances (repeats removed) in '
-             f'{diag["num_gt_videos"]} videos, {len(A["amb"]["video"])} Ambiguous intervals; tIoU a = {tiou:g}',
-             f'Ambiguous policy "{A["ambiguous"]}": {diag["num_dropped"]} detections dropped',
+             f'</code> ({html.escape(gt["subset"])}); {html.escape(evaluate.describe_protocol(gt))}',
+             f'{len(labelled["det"]["cls"])} detections, {int(labelled["npos"].sum())} instances (repeats removed) in '
+             f'{diag["num_gt_videos"]} videos, {len(labelled["amb"]["video"])} Ambiguous intervals; tIoU a = {tiou:g}',
+             f'Ambiguous policy "{labelled["ambiguous"]}": {diag["num_dropped"]} detections dropped',
              html.escape(length_note)]
     return ('<!DOCTYPE html><html><head><meta charset="utf-8">'
             f'<title>Error diagnosis: {html.escape(os.path.basename(name))}</title><style>{STYLE}</style></head><body>'
@@ -612,21 +595,22 @@ def length_note(diag, info_path):
 
 
 def write_report(result, gt_dir, out_html, tiou=0.5, subset='test', ambiguous='kit', info_path=None,
-                 fps_table=None):
-    """Diagnose one result file and write its HTML report; returns the diagnosis dict."""
-    gt = evaluate.read_ground_truth(gt_dir, subset)
-    det = thumos14.read_results(result, gt['class_ids'])
+                 fps_table=None, protocol=None):
+    """Diagnose one result file and write its HTML report (every metric of evaluate.EVALUATORS);
+    returns the diagnosis dict. protocol: the test videos (evaluate.read_ground_truth)."""
+    gt = evaluate.read_ground_truth(gt_dir, subset, protocol)
+    det = evaluate.read_detections(result, gt)
     info = read_video_info(info_path, fps_table or thumos14.video_fps()) if info_path else None
     thresholds = sorted(set(evaluate.DEFAULT_THRESHOLDS) | {float(tiou)})
-    evals = evaluate.evaluate(det, gt_dir, thresholds, subset, metrics=('kit', 'anet'))
+    evals = evaluate.evaluate(det, gt_dir, thresholds, subset, metrics=tuple(evaluate.EVALUATORS), gt=gt)
     diag = diagnose(det, gt, tiou, ambiguous, info)
     title = os.path.splitext(os.path.basename(str(result)))[0]
     worst = diag['worst']['video'].tolist()
     if worst:
         r, rank = ranking(diag['labels'])
-        D = diag['labels']['det']
-        top = D['index'][r[rank < TOP_K * diag['labels']['npos'][D['cls'][r]]]]
-        timeline = timeline_base64(det.iloc[np.sort(top)].reset_index(drop=True), gt_dir, worst, subset)
+        dets = diag['labels']['det']
+        top = dets['index'][r[rank < TOP_K * diag['labels']['npos'][dets['cls'][r]]]]
+        timeline = timeline_base64(det.iloc[np.sort(top)].reset_index(drop=True), gt, worst)
     else:
         timeline = None
     pictures = dict(fp=plot_fp_breakdown(diag['counts'], diag['gains'], title),
@@ -662,6 +646,9 @@ def main(argv=None):
                         help='CSV with video,frame_num (video_info.csv or an annotation CSV; fps from its fps '
                              'column, else --fps_file=) for the video lengths (default: the config\'s '
                              '<data_dir>/<subset>/thumos14_<subset>_annotation.csv when it exists)')
+    parser.add_argument('--protocol', default=None,
+                        help=f'test videos: {", ".join(evaluate.PROTOCOLS)}, or a file of video names (default: all '
+                             f'for the kit\'s folder, actionformer for a JSON)')
     parser.add_argument('--ambiguous', choices=AMBIGUOUS_POLICIES, default='kit',
                         help='kit: drop non-true-positive detections on Ambiguous intervals (default); '
                              'ignore: do not use Ambiguous intervals')
@@ -679,7 +666,8 @@ def main(argv=None):
             fileio.check_writable(out)
         fps = thumos14.video_fps(cfg.fps_file)
         for result, out in zip(args.results, outs):
-            diag = write_report(result, gt_dir, out, args.tiou, args.subset, args.ambiguous, info_path, fps)
+            diag = write_report(result, gt_dir, out, args.tiou, args.subset, args.ambiguous, info_path, fps,
+                                args.protocol)
             print(summary_line(result, diag))
             print(f'wrote {out}')
     except ValueError as err:

@@ -133,7 +133,7 @@ def main(argv=None):
     parser.add_argument('--subset', default='test')
     parser.add_argument('--out', required=True, help='per-class AP bar chart (PNG)')
     parser.add_argument('--threshold', type=float, default=0.5)
-    parser.add_argument('--metric', choices=['kit', 'anet'], default='kit')
+    parser.add_argument('--metric', choices=list(evaluate.EVALUATORS), default='kit')
     parser.add_argument('--paper', action='store_true', help="add the paper's per-class AP@0.5")
     parser.add_argument('--pr-out', default=None, help='also write precision-recall curves (PNG)')
     try:

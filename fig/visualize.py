@@ -29,11 +29,16 @@ import evaluate  # noqa: E402
 import thumos14  # noqa: E402
 from fileio import atomic_path  # noqa: E402
 
-CLASS_COLORS = {cid: plt.get_cmap('tab20')(k) for k, cid in enumerate(thumos14.CLASS_IDS)}
+UNKNOWN_COLOR = (0.5, 0.5, 0.5, 1.0)
 
 
-def class_color(class_id):
-    return CLASS_COLORS.get(int(class_id), (0.5, 0.5, 0.5, 1.0))
+def class_color(class_id, class_ids=None):
+    """A class's colour: its place in class_ids (default THUMOS14's) on the tab20 palette, grey
+    for a class not there."""
+    ids = thumos14.CLASS_IDS if class_ids is None or len(class_ids) == 0 else np.asarray(class_ids).tolist()
+    if int(class_id) not in ids:
+        return UNKNOWN_COLOR
+    return plt.get_cmap('tab20')(ids.index(int(class_id)) % 20)
 
 
 def timeline_panels(det, gt, videos=None, min_score=0.0, top=20, num_videos=3, source='detections',
@@ -70,22 +75,32 @@ def no_ground_truth():
 
 
 def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score=0.0, top=20, subset='test',
-                  num_videos=3, duration=None):
+                  num_videos=3, duration=None, gt=None):
     """Draw the timeline PNG; returns `out`.
 
     result: a result-file path or a DataFrame(video, start, end, class_id, score) in seconds.
     gt_dir: the evaluation ground-truth folder (<Class>_<subset>.txt, Ambiguous_<subset>.txt,
     detclasslist.txt), or None for videos without annotations. videos: names to show
     (default: the `num_videos` with most detections). duration: length of the time axis
-    in seconds (default: the last interval shown).
+    in seconds (default: the last interval shown). gt: the ground truth as evaluate.read_ground_truth
+    returns it, instead of reading gt_dir.
     """
     det = thumos14.read_results(result) if isinstance(result, (str, os.PathLike)) else result
     source = str(result) if isinstance(result, (str, os.PathLike)) else 'detections'
-    gt = evaluate.read_ground_truth(gt_dir, subset) if gt_dir else no_ground_truth()
-    names = dict(zip(gt['class_ids'].tolist(), gt['class_names']))
-    names.update({cid: name for cid, name in thumos14.CLASS_NAME_OF_ID.items() if cid not in names})
+    annotated = gt is not None or bool(gt_dir)
+    if gt is None:
+        gt = evaluate.read_ground_truth(gt_dir, subset) if gt_dir else no_ground_truth()
+    class_ids = np.asarray(gt['class_ids']).tolist()
+    names = dict(zip(class_ids, gt['class_names']))
+    if set(names.items()) <= set(thumos14.CLASS_NAME_OF_ID.items()):   # THUMOS14's classes (or none)
+        names.update({cid: name for cid, name in thumos14.CLASS_NAME_OF_ID.items() if cid not in names})
+        class_ids = None
+
+    def color(class_id):
+        return class_color(class_id, class_ids)
+
     # Without ground truth a named video may simply have no detection: an empty panel.
-    panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source, check_names=bool(gt_dir))
+    panels = timeline_panels(det, gt, videos, min_score, top, num_videos, source, check_names=annotated)
     heights = [1.0 + 0.55 * max(len(p[4]), 1) for p in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights)), squeeze=False,
                              gridspec_kw=dict(height_ratios=heights))
@@ -96,11 +111,11 @@ def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score
             ax.axvspan(s, e, color='0.85', hatch='//', fill=False, linewidth=0)
         # Ground truth: outlined bars in the upper part of the class row.
         ax.barh(g['class_id'].map(row) - 0.22, g['end'] - g['start'], left=g['start'], height=0.3,
-                color=[class_color(c) for c in g['class_id']], edgecolor='black', linewidth=1.0)
+                color=[color(c) for c in g['class_id']], edgecolor='black', linewidth=1.0)
         # Detections: below, opacity by score relative to the best one shown.
         if len(d):
             best = max(float(d['score'].max()), 1e-12)
-            colors = np.array([class_color(c) for c in d['class_id']])
+            colors = np.array([color(c) for c in d['class_id']])
             colors[:, 3] = 0.15 + 0.85 * np.clip(d['score'].to_numpy() / best, 0, 1)
             y = d['class_id'].map(row).to_numpy() + 0.2
             ax.barh(y, d['end'] - d['start'], left=d['start'], height=0.36, color=colors, linewidth=0)
@@ -111,7 +126,7 @@ def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score
         ax.set_xlim(0, end * 1.02)
         ax.set_xlabel('time (s)')
         shown = f'{len(d)} best detections' if top and len(d) == top else f'{len(d)} detections'
-        truth = f'{len(g)} ground-truth instances (outlined), ' if gt_dir else ''
+        truth = f'{len(g)} ground-truth instances (outlined), ' if annotated else ''
         ax.set_title(f'{video}: {truth}{shown} (opacity, label = score)', fontsize=9)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -297,3 +297,19 @@ def test_cli_summary_prints_only_the_map_rows(shared, capsys):
     out = capsys.readouterr().out
     assert 'mAP avg 0.3:0.1:0.7' in out and '\nmAP ' in out
     assert 'BaseballPitch' not in out
+
+
+def test_metric_choices_come_from_the_table(shared, capsys, monkeypatch):
+    path = str(shared / 'eval_vectors' / 'c_ties.txt')
+    gt = ['--gt', str(shared / 'eval_annotation'), '--thresholds', '0.5']
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        every = evaluate.main([path, *gt, '--metric', 'all', '--summary'])
+        assert list(every) == list(evaluate.EVALUATORS)
+        assert evaluate.main([path, *gt, '--metric', 'both', '--summary']) == every
+        # A metric added to the table is a choice, and part of `all`.
+        monkeypatch.setitem(evaluate.EVALUATORS, 'kit2', evaluate.evaluate_kit)
+        every = evaluate.main([path, *gt, '--metric', 'all', '--summary'])
+    assert list(every) == ['kit', 'anet', 'kit2'] and every['kit2']['map'] == every['kit']['map']
+    out = capsys.readouterr().out
+    assert 'protocol all (every video of the ground truth): 213 videos, 3358 instances' in out

@@ -1,0 +1,78 @@
+"""Class lists: a dataset's action classes in order, and the ids its result files carry.
+
+A ClassList is the ordered class names and one integer id per class. THUMOS14's is
+thumos14.THUMOS14_CLASSES (ids 7, 9, 12, ... of the official kit). Any other dataset's comes from
+its annotation JSON's labels (from_labels): ordered by the file's `label_id` where it gives one
+consistent id per label, else by name, with ids 1..K in that order.
+
+A result file of such a dataset carries those ids; its class list is written beside it
+(path_beside: `result.txt` -> `result.classes.txt`), one `id name` line per class, the format of
+the kit's detclasslist.txt, so an evaluation can report each class by name.
+
+Imports nothing of this project but fileio: every module may use it.
+"""
+import os
+from typing import NamedTuple
+
+from fileio import atomic_open
+
+
+class ClassList(NamedTuple):
+    names: tuple   # class names, in class order
+    ids: tuple     # the id of each class in result files
+
+    def id_of_name(self):
+        return dict(zip(self.names, self.ids))
+
+    def name_of_id(self):
+        return dict(zip(self.ids, self.names))
+
+
+def from_labels(labels, label_ids=None):
+    """The ClassList of an annotation file's labels (one entry per instance; repeats allowed).
+
+    label_ids (one per instance, None where the file has none): when every instance has one and
+    they pair each label with one id and each id with one label, the classes are in id order;
+    else in name order. Ids 1..K in class order."""
+    labels = [str(label) for label in labels]
+    names = sorted(set(labels))
+    if label_ids is not None and len(label_ids) == len(labels) and all(i is not None for i in label_ids):
+        pairs = set(zip(labels, label_ids))
+        if len(pairs) == len(names) == len({i for _, i in pairs}):
+            try:
+                names = [name for _, name in sorted((i, name) for name, i in pairs)]
+            except TypeError:   # ids that do not order (mixed types): name order
+                pass
+    return ClassList(tuple(names), tuple(range(1, len(names) + 1)))
+
+
+def path_beside(result_path):
+    """Where the class list of a result file lives: `<result without extension>.classes.txt`."""
+    return os.path.splitext(str(result_path))[0] + '.classes.txt'
+
+
+def write_class_list(path, class_list):
+    """One `id name` line per class, in class order (atomically)."""
+    with atomic_open(path, 'w') as f:
+        f.write(''.join(f'{cid} {name}\n' for cid, name in zip(class_list.ids, class_list.names)))
+
+
+def read_class_list(path):
+    """A file of `id name` lines (the name may hold spaces) -> ClassList; a bad line, a repeated id
+    or name is a ValueError naming the file and line."""
+    names, ids = [], []
+    with open(path, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2 or not parts[0].lstrip('-').isdigit():
+                raise ValueError(f'{path}:{number}: expected "<integer id> <class name>", got {line.strip()!r}')
+            cid, name = int(parts[0]), parts[1].strip()
+            if cid in ids or name in names:
+                raise ValueError(f'{path}:{number}: class {cid} {name!r} repeats an id or a name of an earlier line')
+            ids.append(cid)
+            names.append(name)
+    if not names:
+        raise ValueError(f'{path}: no class')
+    return ClassList(tuple(names), tuple(ids))
