@@ -1,6 +1,6 @@
 """Feature files: their three layouts, and the sidecar JSON that says what a per-video file holds.
 
-A feature folder holds one of three layouts (docs/method.md §14), tried in this order:
+A feature folder holds one of three layouts (docs/method.md §2, §14), tried in this order:
   packed.npy      one [W, 128, D] array (float32 or float16), window i = row i; written by
                   data/pack_features.py from the per-window folder; memory-mappable.
   0.npy ...       one [128, D] file per window, window i = `<i>.npy` (the released layout).
