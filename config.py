@@ -106,7 +106,9 @@ class Config:
 
 MODES = ('temporal', 'spatial', 'concat')
 METHODS = ('main_stream', 'decouple_ssad')   # the two networks (checkpoints.NETWORKS builds them)
-DATA_SOURCES = ('release', 'i3d')
+# cfg.data_source -> the module that reads it (load_data imports it by this name): the release's
+# folders, or a dataset in the field's JSON format. A new data source is one module and one row here.
+DATA_SOURCES = {'release': 'release_dataset', 'i3d': 'json_dataset'}
 # Early fusion (mode concat) reads the two streams side by side, RGB first as in the field's I3D files.
 CONCAT_STREAMS = ('spatial', 'temporal')
 

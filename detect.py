@@ -97,13 +97,12 @@ def load_runs(args, overrides, dim, device):
 def detect(runs, cfg, name, vinfo, feat_root, pretrain, out):
     """Windows, predictions of each stream (written as DIR/predict_<mode>.csv), fusion and
     post-processing -> detections inside the video, best first."""
-    anno = load_data.pd.DataFrame({'video': [name], 'frame_num': [vinfo['frame_num']]})
     preds = {}
     for mode, (model, scfg, ckpt_path) in runs.items():
-        starts, videos = load_data.make_windows(anno, False, scfg)
-        feats = load_data.load_features(scfg, SPLIT, starts, videos, mode=mode,
-                                        folder=thumos14.feature_folder(feat_root, SPLIT, mode, pretrain))
-        preds[mode] = predict_windows(model, feats, starts, videos, scfg)
+        data = load_data.load_video_data(scfg, name, vinfo['frame_num'],
+                                         thumos14.feature_folder(feat_root, SPLIT, mode, pretrain))
+        starts, videos = data['starts'], data['videos']
+        preds[mode] = predict_windows(model, data['features'], starts, videos, scfg)
         predictions.write_predictions(os.path.join(out, f'predict_{mode}.csv'), preds[mode])
         print(f'{mode}: {len(starts)} windows predicted with {ckpt_path}')
     fps_of = {name: vinfo['fps']}

@@ -19,12 +19,12 @@ import time
 import numpy as np
 
 import config
-import dataset
 import load_data
 import postprocess
 import predictions
 import thumos14
 from fileio import check_writable
+from sliding_windows import read_window_info
 
 # torch and the model modules are imported inside the functions that run a model: the
 # --predictions path needs none of them, and torch alone takes over a second to import.
@@ -111,7 +111,7 @@ def load_windows_and_features(cfg, features=None, windows=None):
         raise ValueError(f'window list {windows} not found')
     if features is not None and os.path.isfile(features):
         # A packed [W, 128, D] array given as a file.
-        starts, videos = load_data.read_window_info(
+        starts, videos = read_window_info(
             windows or os.path.join(cfg.data_dir, cfg.test_split_set, 'window_info.log'))
         try:
             packed = np.load(features, mmap_mode='r', allow_pickle=False)
@@ -125,7 +125,7 @@ def load_windows_and_features(cfg, features=None, windows=None):
         return dict(features=packed, starts=starts, videos=videos)
     if features is not None and not os.path.isdir(features):
         raise ValueError(f'features {features} not found (a feature folder or a packed .npy file)')
-    return dataset.load_test_data(cfg, windows=windows, features=features)
+    return load_data.load_test_data(cfg, windows=windows, features=features)
 
 
 def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=None, result_path=None, log=print):

@@ -6,7 +6,7 @@
   optional `video,fps` CSV (config field `fps_file`);
 - the feature-folder name `<root>/<split>/<mode>DataX<pretrain>`;
 - the field's annotation JSON (ActionFormer / OpenTAD: `{"database": {video: {...}}}`), read and
-  checked into tables in seconds (docs/method.md §15; i3d.py turns them into frames);
+  checked into tables in seconds (docs/method.md §15; json_dataset.py turns them into frames);
 - the result-file line `video start_s end_s class_id score` (writer and reader), and
   the whitespace-separated text the evaluation kit's files share.
 

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 import checkpoints
 import config
-import dataset
 import fileio
 import load_data
 import operations
@@ -240,7 +239,7 @@ class CudaGraphStep:
 def training_tensors(cfg, data, device):
     """The training set on the device, once: a batch is then an index-select."""
     if data is None:
-        data = dataset.load_train_data(cfg)
+        data = load_data.load_train_data(cfg)
     if len(data['features']) == 0:
         raise ValueError(f'the training set is empty: no windows for split {cfg.train_split_set!r} '
                          f'({config.get_anno_path(cfg, cfg.train_split_set)}, '
@@ -405,7 +404,7 @@ def train(cfg, fresh=False, data=None, progress=True):
     {'losses': {total, class, loc, conf} of the last epoch, 'model_path' (None when
     cfg.save_checkpoints is off), 'epoch', 'windows_per_s'}.
 
-    data: optional dict as dataset.load_train_data returns (features [W,128,D], gt_label,
+    data: optional dict as load_data.load_train_data returns (features [W,128,D], gt_label,
     gt_box, gt_valid); read from cfg's paths when None. Raises ValueError on bad data or a
     checkpoint that does not fit, and when another process trains the same run.
     """

@@ -1,6 +1,6 @@
 """Clip features for one's own videos: a 16-frame clip per 4-frame step through a 3-D video network.
 
-Step t is the clip of frames 4t .. 4t+15 (feature_sidecar's 'clip16', the convention of the field's
+Step t is the clip of frames 4t .. 4t+15 (feature_files's 'clip16', the convention of the field's
 THUMOS14 I3D features), so the I3D-layout reader and the per-video reader pair these files with a
 window's steps exactly as they pair the field's files. A video of n frames has
 T = (n - 16) // 4 + 1 steps (at least one: a shorter video's clip repeats its last frame), and the
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import inception_i3d
-from feature_sidecar import CLIP_FRAMES, FRAMES_PER_STEP
+from feature_files import CLIP_FRAMES, FRAMES_PER_STEP
 
 # name: (feature width per stream, streams, torchvision builder, its weights enum, the head to remove)
 CLIP_BACKBONES = {

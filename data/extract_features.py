@@ -7,7 +7,7 @@
 writes, for each video and stream,
 
     <out>/<split>/<mode>DataX<pretrain>/<video>.npy    float32 [T, D]   (mode = spatial | temporal)
-    <out>/<split>/<mode>DataX<pretrain>/<video>.json   its sidecar (feature_sidecar.py)
+    <out>/<split>/<mode>DataX<pretrain>/<video>.json   its sidecar (feature_files.py)
 
 which is the per-video layout the loader reads (windows are sliced from it), and a table
 <out>/<split>/video_info.csv with columns video,fps,frame_num,steps. A clip backbone also
@@ -62,7 +62,7 @@ import torch.nn as nn
 
 if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import feature_sidecar  # noqa: E402
+import feature_files  # noqa: E402
 import operations  # noqa: E402
 from checkpoints import read_checkpoint  # noqa: E402
 from config import parse_config  # noqa: E402
@@ -539,7 +539,7 @@ def missing_streams(name, streams, dirs, info, settings):
         p = os.path.join(dirs[s], name + '.npy')
         try:
             done = os.path.exists(p) and np.load(p, mmap_mode='r').shape[0] == steps
-            doc = feature_sidecar.read_sidecar(p) if done else None
+            doc = feature_files.read_sidecar(p) if done else None
         except (ValueError, OSError):
             done, doc = False, None
         if done and (doc is None or doc.get('settings') != settings[s]):
@@ -558,7 +558,7 @@ def write_features(feats, row, dirs, settings, convention):
         with atomic_path(path) as tmp:
             with open(tmp, 'wb') as fh:
                 np.save(fh, f)
-        feature_sidecar.write_sidecar(path, dict(video=row['video'], stream=s, steps=row['steps'], fps=row['fps'],
+        feature_files.write_sidecar(path, dict(video=row['video'], stream=s, steps=row['steps'], fps=row['fps'],
                                                  frame_num=row['frame_num'], step_convention=convention,
                                                  settings=settings[s]))
 
@@ -566,7 +566,7 @@ def write_features(feats, row, dirs, settings, convention):
 def write_layout_file(name, dirs, layout_dir):
     """The I3D-layout file of a clip backbone: its streams side by side (RGB first), [T, sum of D]."""
     parts = [os.path.join(dirs[s], name + '.npy') for s in STREAMS if s in dirs]
-    docs = [feature_sidecar.read_sidecar(p) for p in parts]
+    docs = [feature_files.read_sidecar(p) for p in parts]
     arrays = [np.load(p) for p in parts]
     path = os.path.join(layout_dir, name + '.npy')
     with atomic_path(path) as tmp:
@@ -574,7 +574,7 @@ def write_layout_file(name, dirs, layout_dir):
             np.save(fh, np.concatenate(arrays, 1))
     widths = np.cumsum([0] + [a.shape[1] for a in arrays])
     doc = {k: docs[0][k] for k in ('video', 'steps', 'fps', 'frame_num', 'step_convention')}
-    feature_sidecar.write_sidecar(path, dict(doc, stream='concat', settings={
+    feature_files.write_sidecar(path, dict(doc, stream='concat', settings={
         s: dict(d['settings'], channels=[int(widths[i]), int(widths[i + 1])])
         for i, (s, d) in enumerate(zip([s for s in STREAMS if s in dirs], docs))}))
 

@@ -15,7 +15,7 @@ import sys
 if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import load_data  # noqa: E402
+import release_dataset  # noqa: E402
 from config import parse_config  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def main():
     parser.add_argument('--windows', default=None, help='use this window list (e.g. the released one) instead of generating')
     try:
         cfg, args = parse_config(parser)
-        n = load_data.write_split_info(args.anno, args.split, args.out, cfg, args.windows)
+        n = release_dataset.write_split_info(args.anno, args.split, args.out, cfg, args.windows)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
     print(f'{n} {args.split} windows -> {args.out}')

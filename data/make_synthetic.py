@@ -43,8 +43,10 @@ if __package__ in (None, ''):  # run as a script: the repository's modules live 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import load_data  # noqa: E402
+import feature_files  # noqa: E402
+import release_dataset  # noqa: E402
 from config import parse_config  # noqa: E402
+from sliding_windows import ANNOTATION_COLUMNS, TRIM_FRAMES, make_windows, read_window_info  # noqa: E402
 from thumos14 import CLASS_IDS, CLASS_NAME_OF_ID, CLIFF_DIVING, DIVING, feature_folder  # noqa: E402
 
 SIZES = {  # windows (train, test), feature dim, video length range (frames), classes per video
@@ -77,7 +79,7 @@ def random_instances(rng, frame_num, classes, density=1.0):
 def filler_instances(rng, frame_num, classes, period=250):
     """One instance (<= 120 frames) in every `period` frames: every 512-frame window keeps one."""
     out = []
-    for slot in range((frame_num - load_data.TRIM_FRAMES) // period):
+    for slot in range((frame_num - TRIM_FRAMES) // period):
         cid = int(rng.choice(classes))
         length = int(np.clip(rng.lognormal(np.log(min(MEDIAN_FRAMES[cid], 90)), 0.4), 6, 120))
         start = slot * period + int(rng.integers(0, period - length + 1))
@@ -88,14 +90,14 @@ def filler_instances(rng, frame_num, classes, period=250):
 def frames_for_count(count, stride, size=512):
     """frame_num of a video with exactly `count` sliding windows of this stride (method.md §3)."""
     trimmed = size if count == 1 else size + stride * (count - 2) + 1
-    return trimmed + load_data.TRIM_FRAMES
+    return trimmed + TRIM_FRAMES
 
 
 def window_count(videos, training, cfg):
     rows = annotation_rows(videos)
     if not rows:
         return 0
-    return len(load_data.make_windows(pd.DataFrame(rows), training, cfg)[0])
+    return len(make_windows(pd.DataFrame(rows), training, cfg)[0])
 
 
 def make_split(rng, split, target, spec, names, cfg):
@@ -200,7 +202,7 @@ def stream_params(rng, dim, num_streams=2):
 
 def video_features(rng, video, p, dim):
     """[T, dim] float32 features of one video for one stream; T = frame_num // 4."""
-    steps = video['frame_num'] // load_data.FRAMES_PER_STEP
+    steps = video['frame_num'] // feature_files.FRAMES_PER_STEP
     x = rng.standard_normal((steps, dim), dtype=np.float32) * np.float32(p['noise'])
     # A slow background drift along one direction plus a per-video offset.
     knots = rng.standard_normal(steps // 32 + 2)
@@ -223,7 +225,7 @@ def write_features(seeds, videos, starts, wvideos, p, dim, folder, layout, dtype
     os.makedirs(folder, exist_ok=True)
     packed = None
     if layout == 'packed':
-        packed = np.lib.format.open_memmap(os.path.join(folder, load_data.PACKED_NAME), mode='w+',
+        packed = np.lib.format.open_memmap(os.path.join(folder, feature_files.PACKED_NAME), mode='w+',
                                            dtype=np.dtype(dtype), shape=(len(starts), 128, dim))
     for seed, v in zip(seeds, videos):
         # One generator per video, so that writing in pieces needs one video in memory at a time.
@@ -256,7 +258,7 @@ def i3d_features(seeds, video, streams, dim, dtype):
 
     T = (frame_num - 16) // 4 + 1 clips fit the video; step t sees frames 4t .. 4t + 15 and carries
     the signal of the 4-frame step holding its centre, frame 4t + 8: step t + 2 of video_features."""
-    clips = (video['frame_num'] - 16) // load_data.FRAMES_PER_STEP + 1
+    clips = (video['frame_num'] - 16) // feature_files.FRAMES_PER_STEP + 1
     parts = [video_features(np.random.default_rng(seeds[m]), video, streams[m], dim)[2:2 + clips]
              for m in (1, 0)]   # streams[1] is the spatial (RGB) one, streams[0] the temporal (flow) one
     return np.concatenate(parts, axis=1).astype(dtype)
@@ -345,10 +347,10 @@ def make_synthetic(out, cfg, seed=0, size='demo', dim=None, train_windows=None, 
             os.makedirs(split_dir)
             csv = os.path.join(split_dir, f'thumos14_{split}_annotation.csv')
             pd.DataFrame(annotation_rows(videos[split], diving_copies=split == 'test'),
-                         columns=list(load_data.ANNOTATION_COLUMNS)).to_csv(csv, index=False)
+                         columns=list(ANNOTATION_COLUMNS)).to_csv(csv, index=False)
             # The window lists and boxes come from the written CSV, as for the real data.
-            summary[split] = load_data.write_split_info(csv, split, split_dir, cfg)
-            starts, wvideos = load_data.read_window_info(os.path.join(split_dir, 'window_info.log'))
+            summary[split] = release_dataset.write_split_info(csv, split, split_dir, cfg)
+            starts, wvideos = read_window_info(os.path.join(split_dir, 'window_info.log'))
             for m, mode in enumerate(('temporal', 'spatial')):
                 seeds = feature_seqs[2 * k + m].spawn(len(videos[split]))
                 folder = feature_folder(feature_dir, split, mode, pretrain)

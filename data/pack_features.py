@@ -3,7 +3,7 @@
     python data/pack_features.py data/THUMOS14/feature/val/temporalDataXUCF101 [--dtype float16]
 
 writes `<folder>/packed.npy`, a [N, 128, D] float32 (or float16) .npy that np.load can memory-map.
-load_data.load_features uses packed.npy whenever it is in the folder (before any <i>.npy), so an
+load_data (feature_files.feature_layout) uses packed.npy whenever it is in the folder (before any <i>.npy), so an
 epoch's features load in one sequential read; delete it to go back to the per-window files.
 Row i is window i, the window on line i + 1 of the split's window_info.log. The file appears only
 when complete. With --out the array goes elsewhere (then copy it into the folder as packed.npy).
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from config import parse_config  # noqa: E402
 from fileio import atomic_path  # noqa: E402
-from load_data import PACKED_NAME, _check_array, _load_npy  # noqa: E402
+from feature_files import PACKED_NAME, check_feature_array, load_npy  # noqa: E402
 
 
 def count_windows(folder):
@@ -39,15 +39,15 @@ def pack(folder, out=None, dtype='float32', steps=128):
     """Write the packed array; returns its path and shape."""
     out = out or os.path.join(folder, PACKED_NAME)
     n = count_windows(folder)
-    first = _load_npy(os.path.join(folder, '0.npy'))
-    _check_array(first, os.path.join(folder, '0.npy'), (steps, None))
+    first = load_npy(os.path.join(folder, '0.npy'))
+    check_feature_array(first, os.path.join(folder, '0.npy'), (steps, None))
     shape = (n, steps, first.shape[1])
     with atomic_path(out) as tmp:
         packed = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.dtype(dtype), shape=shape)
         for i in range(n):
             path = os.path.join(folder, f'{i}.npy')
-            a = _load_npy(path)
-            _check_array(a, path, shape[1:])
+            a = load_npy(path)
+            check_feature_array(a, path, shape[1:])
             if not np.isfinite(a).all():
                 raise ValueError(f'{path}: NaN or inf')
             packed[i] = a

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 import config as C
-import dataset
 import evaluate
 import fuse
 import load_data
 import postprocess as P
 import predictions
+import release_dataset
+import sliding_windows
 import thumos14
 
 HEADER = 'video,type,type_idx,startFrame,endFrame,frame_num\n'
@@ -151,13 +152,13 @@ def test_bad_anchor_value_names_line(tmp_path):
 def test_bad_annotation_refused(tmp_path, text, message):
     (tmp_path / 'a.csv').write_text(text)
     with pytest.raises(ValueError, match=message):
-        load_data.read_annotation(tmp_path / 'a.csv')
+        release_dataset.read_annotation(tmp_path / 'a.csv')
 
 
 def test_duplicate_annotation_rows_warn(tmp_path):
     (tmp_path / 'a.csv').write_text(HEADER + 'v,Diving,26,10,50,900\nv,Diving,26,60,80,900\nv,Diving,26,10,50,900\n')
     with pytest.warns(thumos14.InputWarning, match=r'a\.csv:4: instance repeats line 2'):
-        anno = load_data.read_annotation(tmp_path / 'a.csv')
+        anno = release_dataset.read_annotation(tmp_path / 'a.csv')
     assert len(anno) == 3
 
 
@@ -168,10 +169,10 @@ def test_duplicate_annotation_rows_warn(tmp_path):
     lambda text: bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
 ])
 @pytest.mark.parametrize('reader, text', [
-    (load_data.read_annotation, HEADER + 'v,Diving,26,10,50,900\n'),
+    (release_dataset.read_annotation, HEADER + 'v,Diving,26,10,50,900\n'),
     (predictions.read_predictions, ','.join(predictions.PRED_COLUMNS) + '\nv,0,0.5,1,2' + ',0.0' * 21 + '\n'),
     (thumos14.read_results, 'video_test_0000004\t1.0\t2.0\t7\t0.5\n'),
-    (load_data.read_window_info, '0, video_test_0000004\n'),
+    (sliding_windows.read_window_info, '0, video_test_0000004\n'),
 ])
 def test_binary_and_utf16_files_named(tmp_path, make, reader, text):
     path = tmp_path / 'bad.file'
@@ -183,26 +184,26 @@ def test_binary_and_utf16_files_named(tmp_path, make, reader, text):
 def train_dir(tmp_path, anno_rows, windows):
     (tmp_path / 'val').mkdir()
     (tmp_path / 'val' / 'thumos14_val_annotation.csv').write_text(HEADER + ''.join(r + '\n' for r in anno_rows))
-    load_data.write_window_info(tmp_path / 'val' / 'window_info.log', [s for s, _ in windows], [v for _, v in windows])
+    sliding_windows.write_window_info(tmp_path / 'val' / 'window_info.log', [s for s, _ in windows], [v for _, v in windows])
     return C.Config(data_dir=str(tmp_path))
 
 
 def test_training_window_of_unannotated_video_refused(tmp_path):
     cfg = train_dir(tmp_path, ['a,Diving,26,100,200,3000'], [(0, 'a'), (0, 'b')])
     with pytest.raises(ValueError, match=r'window_info\.log:2: video: b is not in .*annotation\.csv'):
-        load_data.load_train_gt(cfg)
+        release_dataset.load_train_gt(cfg)
 
 
 def test_training_window_beyond_video_refused(tmp_path):
     cfg = train_dir(tmp_path, ['a,Diving,26,100,200,3000'], [(0, 'a'), (3000, 'a')])
     with pytest.raises(ValueError, match=r'window_info\.log:2: start: window \(3000, a\) starts at or beyond the 3000'):
-        load_data.load_train_gt(cfg)
+        release_dataset.load_train_gt(cfg)
 
 
 def test_annotated_video_without_window_warns(tmp_path):
     cfg = train_dir(tmp_path, ['a,Diving,26,100,200,3000', 'b,Diving,26,100,200,3000'], [(0, 'a')])
     with pytest.warns(thumos14.InputWarning, match=r'annotation\.csv: video: 1 annotated videos have no window.*: b;'):
-        gt = load_data.load_train_gt(cfg)
+        gt = release_dataset.load_train_gt(cfg)
     assert gt['video'].tolist() == ['a']
 
 
@@ -210,14 +211,14 @@ def test_test_window_list_checked_against_annotation(tmp_path):
     (tmp_path / 'test').mkdir()
     (tmp_path / 'test' / 'thumos14_test_annotation.csv').write_text(HEADER + 'a,Diving,26,100,200,3000\n'
                                                                      'c,Diving,26,100,200,600\n')
-    load_data.write_window_info(tmp_path / 'test' / 'window_info.log', [0, 0], ['a', 'b'])
+    sliding_windows.write_window_info(tmp_path / 'test' / 'window_info.log', [0, 0], ['a', 'b'])
     folder = tmp_path / 'feat' / 'test' / 'temporalDataXx'
     folder.mkdir(parents=True)
     for i in range(2):
         np.save(folder / f'{i}.npy', np.zeros((128, 4), np.float32))
     cfg = C.Config(data_dir=str(tmp_path), feature_path=str(tmp_path / 'feat'), pretrain='x', mode='temporal')
     with pytest.warns(thumos14.InputWarning) as record:
-        dataset.load_test_data(cfg)
+        load_data.load_test_data(cfg)
     text = [str(w.message) for w in record]
     assert any('window_info.log:2: video: b is not in' in m for m in text), text
     assert any('annotated videos have no window' in m and ': c;' in m for m in text), text
@@ -232,18 +233,18 @@ def test_test_window_list_checked_against_annotation(tmp_path):
     lambda good: b'not a zip at all\n',
 ])
 def test_truncated_gt_npz_names_path(tmp_path, content):
-    load_data.save_gt(tmp_path / 'good.npz', dict(start=np.array([0]), video=np.array(['a']), offsets=np.array([0, 1]),
+    release_dataset.save_gt(tmp_path / 'good.npz', dict(start=np.array([0]), video=np.array(['a']), offsets=np.array([0, 1]),
                                                  label=np.array([3]), box=np.array([[.1, .2, 1]], np.float32)))
     (tmp_path / 'gt.npz').write_bytes(content((tmp_path / 'good.npz').read_bytes()))
     with pytest.raises(ValueError, match=r'gt\.npz: cannot read as \.npz'):
-        load_data.load_gt(tmp_path / 'gt.npz')
+        release_dataset.load_gt(tmp_path / 'gt.npz')
 
 
 def test_npy_instead_of_npz_named(tmp_path):
     with open(tmp_path / 'gt.npz', 'wb') as f:
         np.save(f, np.zeros(3))
     with pytest.raises(ValueError, match=r'gt\.npz: cannot read as \.npz: a single \.npy array'):
-        load_data.load_gt(tmp_path / 'gt.npz')
+        release_dataset.load_gt(tmp_path / 'gt.npz')
 
 
 def small_gt_dir(folder):

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
-import feature_sidecar  # noqa: E402
-import load_data  # noqa: E402
+import feature_files  # noqa: E402
 from data import clip_features as cf  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 from data import inception_i3d  # noqa: E402
@@ -143,26 +142,26 @@ def test_clip_features_pair_with_windows_like_the_field_files(tmp_path):
     for folder in (per_video, layout):
         folder.mkdir()
         np.save(folder / 'v.npy', a)
-        feature_sidecar.write_sidecar(str(folder / 'v.npy'), dict(video='v', stream='spatial', steps=40,
+        feature_files.write_sidecar(str(folder / 'v.npy'), dict(video='v', stream='spatial', steps=40,
                                                                    step_convention='clip16', settings={}))
     starts, videos = np.array([0, 8, 64, 100]), np.array(['v'] * 4)
     idx = np.arange(4)
-    x = load_data._video_features(str(per_video), starts, videos, idx, 16, np.float32)
-    y = load_data._video_features(str(layout), starts, videos, idx, 16, np.float32, step_offset=-2)
+    x = feature_files.read_video_files(str(per_video), starts, videos, idx, 16, np.float32)
+    y = feature_files.read_video_files(str(layout), starts, videos, idx, 16, np.float32, step_offset=-2)
     np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(x[1], a[np.clip(8 // 4 - 2 + np.arange(16), 0, 39)])
     # Frame features (one frame per step) in the I3D layout would be misaligned: refused.
-    feature_sidecar.write_sidecar(str(layout / 'v.npy'), dict(video='v', stream='spatial', steps=40,
+    feature_files.write_sidecar(str(layout / 'v.npy'), dict(video='v', stream='spatial', steps=40,
                                                               step_convention='frame4', settings={}))
     with pytest.raises(ValueError, match=r'v.json: step_convention .frame4.'):
-        load_data._video_features(str(layout), starts, videos, idx, 16, np.float32, step_offset=-2)
+        feature_files.read_video_files(str(layout), starts, videos, idx, 16, np.float32, step_offset=-2)
     # Without a sidecar a per-video file is the release's convention.
     (per_video / 'v.json').unlink()
-    z = load_data._video_features(str(per_video), starts, videos, idx, 16, np.float32)
+    z = feature_files.read_video_files(str(per_video), starts, videos, idx, 16, np.float32)
     np.testing.assert_array_equal(z[1], a[8 // 4 + np.arange(16)])
     (per_video / 'v.json').write_text('{"step_convention": ')
     with pytest.raises(ValueError, match='v.json: not a readable feature sidecar'):
-        load_data._video_features(str(per_video), starts, videos, idx, 16, np.float32)
+        feature_files.read_video_files(str(per_video), starts, videos, idx, 16, np.float32)
 
 
 # ---------------------------------------------------------------- the script, end to end

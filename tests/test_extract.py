@@ -10,7 +10,8 @@ import torch
 
 cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
 
-import load_data  # noqa: E402
+import release_dataset  # noqa: E402
+import sliding_windows  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 import thumos14  # noqa: E402
 
@@ -85,8 +86,8 @@ def test_one_step_per_four_frames_and_table(videos, tmp_path, make_config):
     cfg = make_config(feature_path=str(out), pretrain='tiny', fps_file=str(out / 'test' / 'video_info.csv'))
     assert thumos14.video_fps(cfg.fps_file)['clip_b'] == pytest.approx(25.0)
     anno = pd.DataFrame({'video': info.index, 'frame_num': info.frame_num.to_numpy()})
-    starts, vids = load_data.make_windows(anno, 'test', cfg)
-    feats = load_data.load_features(cfg, 'test', starts, vids, mode='temporal')
+    starts, vids = sliding_windows.make_windows(anno, 'test', cfg)
+    feats = release_dataset.load_features(cfg, 'test', starts, vids, mode='temporal')
     assert feats.shape == (len(starts), 128, ef.BACKBONE_DIMS['tiny'])
     b = np.load(out / 'test' / 'temporalDataXtiny' / 'clip_b.npy')
     i = list(vids).index('clip_b')

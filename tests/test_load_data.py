@@ -10,7 +10,11 @@ import pytest
 
 from config import Config
 from data.pack_features import pack
+import feature_files
 import load_data
+import release_dataset
+import safe_pickle
+import sliding_windows
 import thumos14
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,9 +29,9 @@ def pairs(starts, videos):
 @pytest.mark.parametrize('split,count', [('test', 5103), ('val', 4741)])
 def test_windows_reproduce_released_list(shared, split, count):
     cfg = Config()
-    anno = load_data.read_annotation(shared / f'original_data/{split}/thumos14_{split}_annotation.csv')
-    starts, videos = load_data.make_windows(anno, split, cfg)
-    released = load_data.read_window_info(shared / f'original_data/{split}/window_info.log')
+    anno = release_dataset.read_annotation(shared / f'original_data/{split}/thumos14_{split}_annotation.csv')
+    starts, videos = sliding_windows.make_windows(anno, split, cfg)
+    released = sliding_windows.read_window_info(shared / f'original_data/{split}/window_info.log')
     assert len(starts) == count == len(released[0])
     assert pairs(starts, videos) == pairs(*released)
     # the end-aligned repeats are kept, not de-duplicated
@@ -38,15 +42,15 @@ def test_windows_reproduce_released_list(shared, split, count):
 
 def test_training_boxes_equal_released_gt_info(shared):
     cfg = Config()
-    anno = load_data.read_annotation(shared / 'original_data/val/thumos14_val_annotation.csv')
-    released_starts, released_videos = load_data.read_window_info(shared / 'original_data/val/window_info.log')
-    info = load_data.safe_unpickle(shared / 'original_data/val/gt_info.pkl')
+    anno = release_dataset.read_annotation(shared / 'original_data/val/thumos14_val_annotation.csv')
+    released_starts, released_videos = sliding_windows.read_window_info(shared / 'original_data/val/window_info.log')
+    info = safe_pickle.safe_unpickle(shared / 'original_data/val/gt_info.pkl')
     assert len(info) == len(released_starts)
     released = {}
     for s, v, boxes in zip(released_starts.tolist(), released_videos.tolist(), info):
         assert released.setdefault((s, v), boxes.tobytes()) == boxes.tobytes()   # a repeated window: same boxes
-    starts, videos = load_data.make_windows(anno, 'val', cfg)
-    gt = load_data.make_gt(anno, starts, videos, cfg)
+    starts, videos = sliding_windows.make_windows(anno, 'val', cfg)
+    gt = sliding_windows.make_gt(anno, starts, videos, cfg)
     o = gt['offsets']
     mine = {(s, v): gt['box'][o[i]:o[i + 1]] for i, (s, v) in enumerate(zip(starts.tolist(), videos.tolist()))}
     assert mine.keys() == released.keys()
@@ -63,8 +67,8 @@ def test_gen_data_info_cli_writes_released_order(shared, tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (out / 'window_info.log').read_bytes() == (src / 'window_info.log').read_bytes()
-    gt = load_data.load_gt(out / 'gt.npz')
-    info = load_data.safe_unpickle(src / 'gt_info.pkl')
+    gt = release_dataset.load_gt(out / 'gt.npz')
+    info = safe_pickle.safe_unpickle(src / 'gt_info.pkl')
     assert np.array_equal(np.diff(gt['offsets']), [len(a) for a in info])
     assert np.array_equal(gt['box'], np.concatenate(info))
     assert not list(out.glob('*.tmp')) and not list(out.glob('.*'))
@@ -83,7 +87,7 @@ def test_gen_data_info_cli_bad_input(tmp_path):
 
 def anno_frame(rows):
     import pandas as pd
-    return pd.DataFrame(rows, columns=list(load_data.ANNOTATION_COLUMNS))
+    return pd.DataFrame(rows, columns=list(sliding_windows.ANNOTATION_COLUMNS))
 
 
 def test_window_rules_by_hand():
@@ -91,18 +95,18 @@ def test_window_rules_by_hand():
     anno = anno_frame([('b', 'Diving', 26, 10, 60, 400),        # L = 391 < 512
                        ('a', 'Diving', 26, 600, 700, 1033),     # L = 1024
                        ('a', 'Billiards', 12, 0, 500, 1033)])
-    starts, videos = load_data.candidate_windows(anno, False, cfg)
+    starts, videos = sliding_windows.candidate_windows(anno, False, cfg)
     # test: a gets 0, 256, 512 (n = 3) and the end-aligned 512 again; b gets one window at 0
     assert pairs(starts, videos) == pairs([0, 256, 512, 512, 0], ['a', 'a', 'a', 'a', 'b'])
-    starts, videos = load_data.candidate_windows(anno, True, cfg)
+    starts, videos = sliding_windows.candidate_windows(anno, True, cfg)
     assert pairs(starts, videos) == pairs([0, 128, 256, 384, 512, 512], ['a'] * 6)   # b: none
-    gt = load_data.make_gt(anno, starts, videos, cfg)
+    gt = sliding_windows.make_gt(anno, starts, videos, cfg)
     counts = np.diff(gt['offsets'])
     # [600, 700) is inside windows 256, 384 and 512 (twice); [0, 500) only inside window 0
     assert counts.tolist() == [1, 0, 1, 1, 1, 1]
     assert gt['label'].tolist() == [3, 8, 8, 8, 8]
     np.testing.assert_allclose(gt['box'][1], [(600 - 256) / 512, (700 - 256) / 512, 1.0])
-    s, v = load_data.make_windows(anno, 'val', cfg)
+    s, v = sliding_windows.make_windows(anno, 'val', cfg)
     assert s.tolist() == [0, 256, 384, 512, 512]
 
 
@@ -110,7 +114,7 @@ def test_partial_overlap_rule():
     cfg = Config()
     # 100 frames, window [0, 512): 95 inside keeps it (0.95), 90 inside drops it (0.9 is not > 0.9)
     anno = anno_frame([('a', 'Diving', 26, 417, 517, 2000), ('a', 'Diving', 26, 422, 522, 2000)])
-    gt = load_data.make_gt(anno, np.array([0]), np.array(['a']), cfg)
+    gt = sliding_windows.make_gt(anno, np.array([0]), np.array(['a']), cfg)
     assert gt['offsets'].tolist() == [0, 1]
     np.testing.assert_allclose(gt['box'][0], [417 / 512, 1.0, 0.95], rtol=1e-6)
 
@@ -130,24 +134,24 @@ def test_read_annotation_errors(tmp_path):
     for text, (where, what) in cases.items():
         path.write_text(text)
         with pytest.raises(ValueError) as err:
-            load_data.read_annotation(path)
+            release_dataset.read_annotation(path)
         assert where in str(err.value) and what in str(err.value), str(err.value)
     with pytest.raises(ValueError, match='not found'):
-        load_data.read_annotation(tmp_path / 'missing.csv')
+        release_dataset.read_annotation(tmp_path / 'missing.csv')
 
 
 def test_window_info_round_trip_and_errors(tmp_path):
     path = tmp_path / 'window_info.log'
-    load_data.write_window_info(path, np.array([0, 3584]), np.array(['video_a', 'video_b']))
+    sliding_windows.write_window_info(path, np.array([0, 3584]), np.array(['video_a', 'video_b']))
     assert path.read_text() == '0, video_a\n3584, video_b\n'
-    starts, videos = load_data.read_window_info(path)
+    starts, videos = sliding_windows.read_window_info(path)
     assert starts.dtype == np.int64 and starts.tolist() == [0, 3584] and videos.tolist() == ['video_a', 'video_b']
     path.write_text('0, video_a\n12 video_b\n')
     with pytest.raises(ValueError, match=r'window_info\.log:2: expected'):
-        load_data.read_window_info(path)
+        sliding_windows.read_window_info(path)
     path.write_text('')
     with pytest.raises(ValueError, match='empty'):
-        load_data.read_window_info(path)
+        sliding_windows.read_window_info(path)
 
 
 def small_gt():
@@ -158,9 +162,9 @@ def small_gt():
 def test_gt_npz_round_trip_pad_and_errors(tmp_path):
     gt = small_gt()
     path = tmp_path / 'gt.npz'
-    load_data.save_gt(path, gt)
-    back = load_data.load_gt(path)
-    for k in load_data.GT_FIELDS:
+    release_dataset.save_gt(path, gt)
+    back = release_dataset.load_gt(path)
+    for k in release_dataset.GT_FIELDS:
         assert np.array_equal(back[k], gt[k]), k
     with np.load(path, allow_pickle=False) as z:   # loads without pickles
         assert z['video'].dtype.kind == 'U'
@@ -171,23 +175,23 @@ def test_gt_npz_round_trip_pad_and_errors(tmp_path):
     assert box.dtype == np.float32 and not box[1].any()
     bad = dict(gt, label=np.array([3, 5]))           # labels and boxes of different lengths
     with pytest.raises(ValueError, match='offsets'):
-        load_data.save_gt(tmp_path / 'bad.npz', bad)
+        release_dataset.save_gt(tmp_path / 'bad.npz', bad)
     assert not (tmp_path / 'bad.npz').exists()
     np.savez(tmp_path / 'bad2.npz', **dict(gt, label=np.array([3, 0, 20])))
     with pytest.raises(ValueError, match=r'bad2\.npz.*label\[1\] = 0'):
-        load_data.load_gt(tmp_path / 'bad2.npz')
+        release_dataset.load_gt(tmp_path / 'bad2.npz')
 
 
 def test_train_gt_must_match_window_list(tmp_path, make_config):
     cfg = make_config(data_dir=str(tmp_path))
     (tmp_path / 'val').mkdir()
-    load_data.save_gt(tmp_path / 'val/gt.npz', small_gt())
-    load_data.write_window_info(tmp_path / 'val/window_info.log', [0, 128, 384], ['a', 'a', 'b'])
+    release_dataset.save_gt(tmp_path / 'val/gt.npz', small_gt())
+    sliding_windows.write_window_info(tmp_path / 'val/window_info.log', [0, 128, 384], ['a', 'a', 'b'])
     with pytest.raises(ValueError, match=r'window 2 is \(256, b\) but line 3'):
-        load_data.load_train_gt(cfg)
-    load_data.write_window_info(tmp_path / 'val/window_info.log', [0, 128], ['a', 'a'])
+        release_dataset.load_train_gt(cfg)
+    sliding_windows.write_window_info(tmp_path / 'val/window_info.log', [0, 128], ['a', 'a'])
     with pytest.raises(ValueError, match='3 windows'):
-        load_data.load_train_gt(cfg)
+        release_dataset.load_train_gt(cfg)
 
 
 # --- the restricted unpickler ---
@@ -203,7 +207,7 @@ def test_safe_unpickle_accepts_arrays_and_containers(tmp_path):
     for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):
         path = tmp_path / f'ok{protocol}.pkl'
         path.write_bytes(pickle.dumps(value, protocol=protocol))
-        back = load_data.safe_unpickle(path)
+        back = safe_pickle.safe_unpickle(path)
         assert np.array_equal(back[0], value[0]) and back[0].dtype == np.float32
         assert back[1] == value[1] and back[2].shape == (0, 21) and back[3] == 2.0 and back[4] == b'bytes'
 
@@ -213,7 +217,7 @@ def test_safe_unpickle_refuses_code(tmp_path, monkeypatch):
     for name, obj in (('evil.pkl', [np.zeros(3), Evil()]), ('class.pkl', Config()), ('func.pkl', [np.save])):
         (tmp_path / name).write_bytes(pickle.dumps(obj, protocol=2))
         with pytest.raises(ValueError) as err:
-            load_data.safe_unpickle(tmp_path / name)
+            safe_pickle.safe_unpickle(tmp_path / name)
         assert name in str(err.value) and 'refused' in str(err.value)
     assert not (tmp_path / 'pwned').exists()
 
@@ -241,8 +245,8 @@ def make_feature_sets(root, rng, dim=8):
 def test_three_layouts_give_the_same_windows(tmp_path, make_config):
     cfg = Config()
     starts, videos, vid_dir, win_dir = make_feature_sets(tmp_path, np.random.default_rng(0))
-    by_window = load_data.load_features(cfg, 'test', starts, videos, folder=str(win_dir))
-    by_video = load_data.load_features(cfg, 'test', starts, videos, folder=str(vid_dir))
+    by_window = release_dataset.load_features(cfg, 'test', starts, videos, folder=str(win_dir))
+    by_video = release_dataset.load_features(cfg, 'test', starts, videos, folder=str(vid_dir))
     assert by_window.shape == (4, 128, 8) and by_window.dtype == np.float32
     np.testing.assert_array_equal(by_window, by_video)
     assert np.array_equal(by_window[3, 99], by_window[3, 127])        # the padded tail
@@ -251,24 +255,24 @@ def test_three_layouts_give_the_same_windows(tmp_path, make_config):
     for f in win_dir.iterdir():
         (packed_dir / f.name).write_bytes(f.read_bytes())
     out, shape = pack(str(packed_dir), dtype='float16')
-    assert shape == (4, 128, 8) and load_data.feature_layout(str(packed_dir)) == 'packed'
+    assert shape == (4, 128, 8) and feature_files.feature_layout(str(packed_dir)) == 'packed'
     cfg16 = make_config(feature_dtype='float16')
-    by_packed = load_data.load_features(cfg16, 'test', starts, videos, folder=str(packed_dir))
+    by_packed = release_dataset.load_features(cfg16, 'test', starts, videos, folder=str(packed_dir))
     assert by_packed.dtype == np.float16
     np.testing.assert_array_equal(by_packed, by_window.astype(np.float16))
-    mapped = load_data.load_features(cfg16, 'test', starts, videos, folder=str(packed_dir), mmap=True)
+    mapped = release_dataset.load_features(cfg16, 'test', starts, videos, folder=str(packed_dir), mmap=True)
     assert isinstance(mapped, np.memmap) and np.array_equal(mapped, by_packed)
-    sub = load_data.load_features(cfg, 'test', starts, videos, folder=str(packed_dir), indices=[2, 0])
+    sub = release_dataset.load_features(cfg, 'test', starts, videos, folder=str(packed_dir), indices=[2, 0])
     np.testing.assert_array_equal(sub, by_packed[[2, 0]].astype(np.float32))
     # a packed array for another window list is refused
     with pytest.raises(ValueError, match='does not fit the window list'):
-        load_data.load_features(cfg, 'test', starts[:3], videos[:3], folder=str(packed_dir))
+        release_dataset.load_features(cfg, 'test', starts[:3], videos[:3], folder=str(packed_dir))
 
 
 def test_feature_errors_name_the_file(tmp_path):
     cfg = Config()
     starts, videos, vid_dir, win_dir = make_feature_sets(tmp_path, np.random.default_rng(1))
-    load = lambda folder, s=starts, v=videos: load_data.load_features(cfg, 'test', s, v, folder=str(folder))  # noqa: E731
+    load = lambda folder, s=starts, v=videos: release_dataset.load_features(cfg, 'test', s, v, folder=str(folder))  # noqa: E731
     good = np.load(win_dir / '2.npy')
     for bad, what in ((good[:100], 'expected shape'), (good[:, :5], 'expected shape'),
                       (good.astype(np.int32), 'floating point'), (np.where(np.arange(128)[:, None] == 7, np.nan, good), 'NaN')):

@@ -19,9 +19,10 @@ import checkpoints
 import config
 import convert_tf_checkpoint as convert
 import fileio
-import load_data
 import postprocess
 import predictions
+import safe_pickle
+import sliding_windows
 import test as T
 import thumos14
 import train
@@ -285,7 +286,7 @@ def test_run(tmp_path):
     feats = rng.normal(size=(3, TINY['input_steps'], DIM)).astype(np.float32)
     packed, windows = tmp_path / 'packed.npy', tmp_path / 'window_info.log'
     np.save(packed, feats)
-    load_data.write_window_info(str(windows), [0, 128, 0], ['video_test_0000004'] * 2 + ['video_test_0000051'])
+    sliding_windows.write_window_info(str(windows), [0, 128, 0], ['video_test_0000004'] * 2 + ['video_test_0000051'])
     ckpts = []
     _, model = tiny_model()
     for scale in (1.0, 1.5):   # two checkpoints that predict differently
@@ -536,7 +537,7 @@ BOMBS = {
 }
 BOMB_CHECK = textwrap.dedent('''
     import resource, sys, time, tracemalloc
-    import load_data
+    import safe_pickle
     # 2 GiB more than the process holds now: a bomb that gets through fails with MemoryError
     # instead of taking the machine's memory.
     size = [line for line in open('/proc/self/status') if line.startswith('VmSize:')][0].split()[1]
@@ -545,7 +546,7 @@ BOMB_CHECK = textwrap.dedent('''
     for path in sys.argv[1:]:
         t0 = time.time()
         try:
-            load_data.safe_unpickle(path)
+            safe_pickle.safe_unpickle(path)
             outcome = 'loaded'
         except ValueError as err:
             outcome = 'ValueError ' + str(err).replace(chr(10), ' ')
@@ -577,10 +578,10 @@ def test_bounded_pickles_still_load(tmp_path):
     for protocol in (0, 2, 4, 5):
         path = tmp_path / f'p{protocol}.pkl'
         path.write_bytes(pickle.dumps(value, protocol=protocol))
-        back = load_data.safe_unpickle(path)
+        back = safe_pickle.safe_unpickle(path)
         np.testing.assert_array_equal(back['a'][0], value['a'][0])
         assert back['a'][1:] == value['a'][1:] and back['b'] == value['b']
     # bytearray(n) of a size the file can account for is allowed
     path = tmp_path / 'small.pkl'
     path.write_bytes(b'\x80\x02cbuiltins\nbytearray\nK\x10\x85R.')
-    assert load_data.safe_unpickle(path) == bytearray(16)
+    assert safe_pickle.safe_unpickle(path) == bytearray(16)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import build_config
-import dataset
+import feature_files
 import load_data
+import release_dataset
+import sliding_windows
 import thumos14
 from data.make_synthetic import make_synthetic
 from thumos14 import CLASS_NAMES, CLASS_REAL
@@ -67,9 +69,9 @@ def test_annotations_windows_and_eval_gt_agree(small):
     cfg = cfg_for(root)
     d = root / 'thumos14'
     for split in ('val', 'test'):
-        anno = load_data.read_annotation(d / split / f'thumos14_{split}_annotation.csv')   # valid
-        starts, videos = load_data.make_windows(anno, split, cfg)
-        assert np.array_equal(starts, load_data.read_window_info(d / split / 'window_info.log')[0])
+        anno = release_dataset.read_annotation(d / split / f'thumos14_{split}_annotation.csv')   # valid
+        starts, videos = sliding_windows.make_windows(anno, split, cfg)
+        assert np.array_equal(starts, sliding_windows.read_window_info(d / split / 'window_info.log')[0])
         dur = anno['endFrame'] - anno['startFrame']
         assert dur.min() < 30 and dur.max() > 200                         # a few frames to several hundred
         assert anno.groupby('video').size().max() >= 3                     # several instances per video
@@ -77,7 +79,7 @@ def test_annotations_windows_and_eval_gt_agree(small):
         short = anno.groupby('video')['frame_num'].first().idxmin()
         assert anno.groupby('video')['frame_num'].first().min() < 521
         assert (videos == short).sum() == (0 if split == 'val' else 1)
-    test = load_data.read_annotation(d / 'test/thumos14_test_annotation.csv')
+    test = release_dataset.read_annotation(d / 'test/thumos14_test_annotation.csv')
     assert set(test['type_idx']) == set(CLASS_REAL[1:])                    # every class is evaluated
     fps = thumos14.video_fps(str(d / 'video_fps.csv'))
     assert fps('video_test_0000950') == 25.0 and 'video_test_0000950' in set(test['video'])
@@ -100,14 +102,14 @@ def test_annotations_windows_and_eval_gt_agree(small):
 def test_loaders_read_it(small):
     root, _ = small
     for mode in ('temporal', 'spatial'):
-        train = dataset.load_train_data(cfg_for(root, mode=mode))
+        train = load_data.load_train_data(cfg_for(root, mode=mode))
         assert train['features'].shape == (200, 128, 16) and train['features'].dtype == np.float32
         assert train['gt_valid'].any(1).all()                               # every training window has a box
-        test = dataset.load_test_data(cfg_for(root, mode=mode))
+        test = load_data.load_test_data(cfg_for(root, mode=mode))
         assert test['features'].shape == (150, 128, 16)
     small_cfg = cfg_for(root, small_num_data_for_test=True, batch_size=8)
-    assert dataset.load_train_data(small_cfg)['features'].shape[0] == 8
-    assert dataset.load_test_data(small_cfg)['features'].shape[0] == 8
+    assert load_data.load_train_data(small_cfg)['features'].shape[0] == 8
+    assert load_data.load_test_data(small_cfg)['features'].shape[0] == 8
 
 
 def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
@@ -118,13 +120,13 @@ def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
     assert digest(root / 'thumos14') != digest(tmp_path / 'other/thumos14')
     # the same seed in the packed and per-video layouts gives the same window features
     cfg = cfg_for(root)
-    ref = dataset.load_test_data(cfg)['features']
+    ref = load_data.load_test_data(cfg)['features']
     for layout in ('packed', 'video'):
         out = tmp_path / layout
         make_synthetic(str(out), make_config(), seed=3, layout=layout, dtype='float32', **SMALL)
         folder = out / 'feature/test/temporalDataXsynthetic'
-        assert load_data.feature_layout(str(folder)) == layout
-        np.testing.assert_allclose(dataset.load_test_data(cfg_for(out))['features'], ref, rtol=1e-6)
+        assert feature_files.feature_layout(str(folder)) == layout
+        np.testing.assert_allclose(load_data.load_test_data(cfg_for(out))['features'], ref, rtol=1e-6)
     # rewriting a folder replaces the dataset
     make_synthetic(str(tmp_path / 'again'), make_config(), seed=4, **SMALL)
     assert digest(tmp_path / 'again/thumos14') == digest(tmp_path / 'other/thumos14')
@@ -133,9 +135,9 @@ def test_reproducible_by_seed_and_layouts_agree(small, tmp_path, make_config):
 def instance_means(root, split, mode):
     """Mean feature over each instance's steps (whole instances inside a window) and its class."""
     cfg = cfg_for(root, mode=mode)
-    starts, videos = load_data.read_window_info(root / f'thumos14/{split}/window_info.log')
-    feats = load_data.load_features(cfg, split, starts, videos)
-    gt = load_data.make_gt(load_data.read_annotation(
+    starts, videos = sliding_windows.read_window_info(root / f'thumos14/{split}/window_info.log')
+    feats = release_dataset.load_features(cfg, split, starts, videos)
+    gt = sliding_windows.make_gt(release_dataset.read_annotation(
         root / f'thumos14/{split}/thumos14_{split}_annotation.csv'), starts, videos,
         build_config(overlap_ratio_threshold=0.999))
     win = np.repeat(np.arange(len(starts)), np.diff(gt['offsets']))

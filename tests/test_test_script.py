@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import checkpoints
-import load_data
 import operations
 import postprocess as P
 import predictions
+import sliding_windows
 import test as T
 import thumos14
 
@@ -26,7 +26,7 @@ def workdir(tmp_path_factory, make_config):
     """data/test/window_info.log, per-window features and models/<run>/model-ep-{1,2}.pt."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp('run')
-    load_data.write_window_info(str(root / 'data' / 'test' / 'window_info.log'), STARTS, VIDEOS)
+    sliding_windows.write_window_info(str(root / 'data' / 'test' / 'window_info.log'), STARTS, VIDEOS)
     folder = root / 'feat' / 'test' / 'temporalDataXtiny'
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def test_features_override_packed_file_and_windows(workdir, tmp_path, monkeypatc
     packed = tmp_path / 'packed_test.npy'
     np.save(packed, workdir['feats'][:4])
     windows = tmp_path / 'win.log'
-    load_data.write_window_info(str(windows), STARTS[:4], VIDEOS[:4])
+    sliding_windows.write_window_info(str(windows), STARTS[:4], VIDEOS[:4])
     pred_path, result_path = tmp_path / 'p.csv', tmp_path / 'r.txt'
     cfg = make_config(mode='temporal', pretrain='tiny', method='main_stream', data_dir='data', feature_path='feat',
                       device='cpu', batch_size=2)

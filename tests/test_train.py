@@ -14,9 +14,10 @@ import torch
 
 import checkpoints
 import config
-import dataset
 from conftest import TINY, TINY_RUN
 import load_data
+import release_dataset
+import sliding_windows
 import train
 
 torch.set_num_threads(2)
@@ -166,7 +167,7 @@ def test_empty_training_set(tmp_path, make_config):
 
 
 def test_cli_fresh_restarts(tmp_path, monkeypatch, capsys, make_config):
-    monkeypatch.setattr(dataset, 'load_train_data', lambda cfg: make_data(num_windows=3))
+    monkeypatch.setattr(load_data, 'load_train_data', lambda cfg: make_data(num_windows=3))
     cfg = make_config(TINY_RUN, root=tmp_path, mode='spatial', pretrain='tiny', learning_rates=(1e-3,))
     argv = ['train.py', '--mode', 'spatial', '--pretrain', 'tiny', '--method', 'main_stream', '--device=cpu',
             '--batch_size=3', '--learning_rates=1e-3', '--input_steps=32', '--window_size=128',
@@ -200,10 +201,10 @@ def write_dataset(root, data, pretrain):
     num_windows = len(data['features'])
     starts, videos = np.arange(num_windows) * 128, np.array(['video_validation_0000001'] * num_windows)
     os.makedirs(root / 'thumos14' / 'val')
-    load_data.write_window_info(str(root / 'thumos14' / 'val' / 'window_info.log'), starts, videos)
+    sliding_windows.write_window_info(str(root / 'thumos14' / 'val' / 'window_info.log'), starts, videos)
     valid = data['gt_valid']
     box = np.concatenate([data['gt_box'][valid], np.ones((valid.sum(), 1), np.float32)], 1)
-    load_data.save_gt(str(root / 'thumos14' / 'val' / 'gt.npz'), dict(
+    release_dataset.save_gt(str(root / 'thumos14' / 'val' / 'gt.npz'), dict(
         start=starts, video=videos, offsets=np.concatenate([[0], np.cumsum(valid.sum(1))]),
         label=data['gt_label'][valid], box=box))
     folder = root / 'feature' / 'val' / f'temporalDataX{pretrain}'

@@ -1,16 +1,17 @@
-"""The field's THUMOS14 data read in place: the annotation JSON and one I3D `<video>.npy` per video.
+"""A dataset in the field's JSON format, read in place (cfg.data_source = 'i3d'): one annotation
+JSON for every video and one `<video>.npy` of features per video.
 
-ActionFormer, TriDet, TemporalMaxer and the OpenTAD zoo share these files (docs/method.md §15):
+ActionFormer, TriDet, TemporalMaxer and the OpenTAD zoo share this format (docs/method.md §15);
+THUMOS14 with two-stream I3D features is the one read here today:
 
     <i3d_annotation>     {"database": {video: {"subset": "Validation" | "Test", "duration": s, "fps": f,
                           "annotations": [{"label": name, "segment": [start_s, end_s], "label_id": k}]}}}
     <i3d_feature_dir>/<video>.npy   [T, 2048] float: RGB channels [0, 1024), flow [1024, 2048)
 
 one step every 4 frames at the video's own fps, step t a 16-frame clip (frames 4t .. 4t + 15,
-centred on frame 4t + 8). With `--data_source=i3d`, load_data reads the training boxes, the test
-windows and the features through this module:
+centred on frame 4t + 8). What load_data reads through this module:
 
-    anno, videos = read_split(cfg, 'val')    # JSON seconds -> load_data's annotation rows in frames
+    anno, videos = read_split(cfg, 'val')    # JSON seconds -> annotation rows in frames (sliding_windows.py)
     gt = load_train_gt(cfg)                  # §3 windows and boxes of the Validation videos
     starts, names = test_windows(cfg)        # §3 windows of every Test video
     x = load_features(cfg, 'test', starts, names, 'concat')   # [W, 128, D] of the windows
@@ -25,14 +26,12 @@ import os
 import numpy as np
 import pandas as pd
 
-import feature_sidecar
-import load_data
 import thumos14
 from config import CONCAT_STREAMS
+from feature_files import CLIP_FRAMES, FRAMES_PER_STEP, STEP_CONVENTIONS, load_npy, read_video_files
+from sliding_windows import make_gt, make_windows, read_window_info
 
-FRAMES_PER_STEP = feature_sidecar.FRAMES_PER_STEP   # the features' stride is the network's step
-CLIP_FRAMES = feature_sidecar.CLIP_FRAMES           # frames seen by one I3D step
-OFFSET_STEPS = -feature_sidecar.STEP_CONVENTIONS['clip16']   # 2: step t is centred on frame 4t + 8
+OFFSET_STEPS = -STEP_CONVENTIONS['clip16']   # 2: step t is centred on frame 4t + 8
 
 
 # --- frames, steps, seconds ---
@@ -95,7 +94,7 @@ def _subset(split):
 
 
 def read_split(cfg, split):
-    """(annotation rows as load_data.read_annotation returns them, in frames; video table
+    """(annotation rows (sliding_windows.ANNOTATION_COLUMNS), in frames; video table
     video, subset, duration, fps, frame_num, steps) of one split of the JSON.
 
     Frames are seconds * fps rounded (an instance keeps at least one frame); frame_num is
@@ -138,7 +137,7 @@ def _feature_steps(cfg, videos, anno):
         path = os.path.join(cfg.i3d_feature_dir, f'{video}.npy')
         if not os.path.isfile(path):
             continue
-        a = load_data._load_npy(path, mmap=True)   # the header only
+        a = load_npy(path, mmap=True)   # the header only
         if a.ndim != 2 or a.shape[1] != width or a.dtype.kind != 'f' or len(a) == 0:
             raise ValueError(f'{path}: video {video}: feature shape {list(a.shape)} ({a.dtype}), expected '
                              f'[T >= 1, {width}] floats (width: the i3d_spatial_channels '
@@ -159,24 +158,26 @@ def _feature_steps(cfg, videos, anno):
 # --- what load_data reads ---
 
 def load_train_gt(cfg):
-    """The §3 training windows of the Validation videos and their boxes (load_data.make_gt's dict)."""
+    """The §3 training windows of the Validation videos and their boxes (sliding_windows.make_gt's dict)."""
     anno, _ = read_split(cfg, cfg.train_split_set)
-    starts, videos = load_data.make_windows(anno, True, cfg)
+    starts, videos = make_windows(anno, True, cfg)
     if len(starts) == 0:
         raise ValueError(f'{cfg.i3d_annotation}: field annotations: no training window keeps an instance')
-    return load_data.make_gt(anno, starts, videos, cfg)
+    return make_gt(anno, starts, videos, cfg)
 
 
-def test_windows(cfg):
-    """(starts, videos): the §3 test windows of every Test video with a feature file."""
+def test_windows(cfg, path=None):
+    """(starts, videos): the window list `path`, or the §3 test windows of every Test video with a feature file."""
+    if path:
+        return read_window_info(path)
     _, videos = read_split(cfg, cfg.test_split_set)
-    return load_data.make_windows(videos[['video', 'frame_num']], False, cfg)
+    return make_windows(videos[['video', 'frame_num']], False, cfg)
 
 
 def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=None, mmap=False):
     """[len(indices), input_steps, D] features of the windows (starts, videos): window step j is
     file step s // 4 - 2 + j, cut to [0, T - 1] (window_steps), channels of `mode`
-    (stream_channels). Same arguments as load_data.load_features; `folder` overrides
+    (stream_channels). Same arguments as release_dataset.load_features; `folder` overrides
     cfg.i3d_feature_dir; `split` and `mmap` are not used (one folder; the windows overlap, so
     they are always gathered)."""
     folder = folder or cfg.i3d_feature_dir
@@ -186,9 +187,9 @@ def load_features(cfg, split, starts, videos, mode=None, indices=None, folder=No
     indices = np.arange(len(starts)) if indices is None else np.asarray(indices, np.int64)
     if len(indices):
         path = os.path.join(folder, f'{videos[indices[0]]}.npy')
-        width = load_data._load_npy(path, mmap=True).shape[-1]
+        width = load_npy(path, mmap=True).shape[-1]
         if width != feature_width(cfg):
             raise ValueError(f'{path}: video {videos[indices[0]]}: feature width {width}, expected '
                              f'{feature_width(cfg)} (i3d_spatial_channels, i3d_temporal_channels)')
-    return load_data._video_features(folder, starts, videos, indices, cfg.input_steps, np.dtype(cfg.feature_dtype),
-                                     -OFFSET_STEPS, stream_channels(cfg, mode))
+    return read_video_files(folder, starts, videos, indices, cfg.input_steps, np.dtype(cfg.feature_dtype),
+                            -OFFSET_STEPS, stream_channels(cfg, mode))

@@ -1,4 +1,4 @@
-"""The field's layout (annotation JSON + per-video I3D features, i3d.py, method.md §15): the reader,
+"""The field's layout (annotation JSON + per-video I3D features, json_dataset.py, method.md §15): the reader,
 the frame / step / second conversions, the stream split, early fusion, every refusal, the
 synthetic i3d layout and the JSON as evaluation ground truth."""
 import json
@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 import config
-import dataset
 import evaluate
-import i3d
+import json_dataset
 import load_data
+import release_dataset
+import sliding_windows
 import thumos14
 from conftest import build_config
 from data.make_synthetic import I3D_FEATURES, I3D_JSON, make_synthetic
@@ -61,25 +62,25 @@ def small(tmp_path):
 # --- conversions ---
 
 def test_step_centres_and_the_eight_frame_offset():
-    assert i3d.step_centre_frame(0) == 8 and i3d.step_centre_frame(10) == 48     # frames 4t .. 4t + 15
-    assert i3d.frame_to_step(8) == 0 and i3d.frame_to_step(48) == 10
+    assert json_dataset.step_centre_frame(0) == 8 and json_dataset.step_centre_frame(10) == 48  # frames 4t .. 4t + 15
+    assert json_dataset.frame_to_step(8) == 0 and json_dataset.frame_to_step(48) == 10
     # ActionFormer's seconds -> steps, s * fps / 4 - 2
-    assert i3d.frame_to_step(i3d.seconds_to_frames(3.0, 30.0)) == pytest.approx(3.0 * 30 / 4 - 2)
+    assert json_dataset.frame_to_step(json_dataset.seconds_to_frames(3.0, 30.0)) == pytest.approx(3.0 * 30 / 4 - 2)
     # A window starting at frame s reads step s // 4 - 2 + j: centred on frame 4 (s // 4) + 4j.
-    steps = i3d.window_steps([0, 256, 1001], 128)
+    steps = json_dataset.window_steps([0, 256, 1001], 128)
     assert steps[:, 0].tolist() == [-2, 62, 248] and np.all(np.diff(steps, axis=1) == 1)
-    assert np.array_equal(i3d.step_centre_frame(steps[1]), 256 + 4 * np.arange(128))
+    assert np.array_equal(json_dataset.step_centre_frame(steps[1]), 256 + 4 * np.arange(128))
 
 
 def test_seconds_frames_steps_round_trip():
     rng = np.random.default_rng(0)
     for fps in (30.0, 25.0, 24.0, 29.97):
         seconds = rng.uniform(0, 600, 1000)
-        frames = i3d.seconds_to_frames(seconds, fps)
-        back = i3d.frames_to_seconds(i3d.step_centre_frame(i3d.frame_to_step(frames)), fps)
+        frames = json_dataset.seconds_to_frames(seconds, fps)
+        back = json_dataset.frames_to_seconds(json_dataset.step_centre_frame(json_dataset.frame_to_step(frames)), fps)
         assert np.allclose(back, seconds, rtol=0, atol=1e-9)
         # Whole frames (what the annotation rows hold) come back within half a frame.
-        assert np.all(np.abs(i3d.frames_to_seconds(np.rint(frames), fps) - seconds) <= 0.5 / fps + 1e-12)
+        assert np.all(np.abs(json_dataset.frames_to_seconds(np.rint(frames), fps) - seconds) <= 0.5 / fps + 1e-12)
 
 
 # --- the reader ---
@@ -87,32 +88,32 @@ def test_seconds_frames_steps_round_trip():
 def test_json_reader_splits_frames_and_fps(small):
     root, db, _ = small
     cfg = i3d_config(root)
-    anno, videos = i3d.read_split(cfg, 'val')
+    anno, videos = json_dataset.read_split(cfg, 'val')
     assert videos['video'].tolist() == ['video_validation_1', 'video_validation_2']
     assert anno[['startFrame', 'endFrame']].to_numpy().tolist() == [[90, 180], [600, 765], [30, 120]]
     assert anno['type_idx'].tolist() == [40, 51, 26] and set(anno['frame_num']) == {1200, 900}
-    anno, videos = i3d.read_split(cfg, 'test')
+    anno, videos = json_dataset.read_split(cfg, 'test')
     assert anno[['startFrame', 'endFrame']].to_numpy().tolist() == [[250, 300], [750, 830]]   # at 25 fps
     assert videos['steps'].tolist() == [(1200 - 16) // 4 + 1]
     # The fps table comes from the JSON: with data_source=i3d and no fps_file, test.py and fuse.py use it.
     assert cfg.fps_file == cfg.i3d_annotation
     assert thumos14.video_fps(cfg.fps_file)['video_test_1'] == 25.0
     with pytest.raises(ValueError, match='no subset'):
-        i3d.read_split(cfg, 'train2')
+        json_dataset.read_split(cfg, 'train2')
 
 
 def test_windows_and_steps_read(small):
     root, db, feats = small
     cfg = i3d_config(root, mode='spatial')
-    data = dataset.load_test_data(cfg)
+    data = load_data.load_test_data(cfg)
     # 48 s at 25 fps = 1200 frames: §3 test windows at 0, 256, 512 and the end-aligned one at 1200 - 9 - 512.
     assert data['starts'].tolist() == [0, 256, 512, 679] and set(data['videos']) == {'video_test_1'}
     x = data['features']
     assert x.shape == (4, 128, DIM)
     t = len(feats['video_test_1'])
-    expected = np.clip(i3d.window_steps(data['starts'], 128), 0, t - 1)   # head and tail repeat the end steps
+    expected = np.clip(json_dataset.window_steps(data['starts'], 128), 0, t - 1)   # head and tail repeat the end steps
     assert np.array_equal(x[..., 0], expected) and x[0, :3, 0].tolist() == [0, 0, 0]
-    train = dataset.load_train_data(cfg)
+    train = load_data.load_train_data(cfg)
     assert train['features'].shape[2] == DIM and train['gt_valid'].any(1).all()   # every window keeps a box
     assert set(train['videos']) == {'video_validation_1', 'video_validation_2'}
 
@@ -120,7 +121,7 @@ def test_windows_and_steps_read(small):
 @pytest.mark.parametrize('mode, sign, width', [('spatial', 1, DIM), ('temporal', -1, DIM), ('concat', None, 2 * DIM)])
 def test_stream_split(small, mode, sign, width):
     root, _, _ = small
-    x = dataset.load_test_data(i3d_config(root, mode=mode))['features']
+    x = load_data.load_test_data(i3d_config(root, mode=mode))['features']
     assert x.shape[2] == width
     if sign is None:   # early fusion: RGB channels, then flow channels, i.e. the file's row
         assert np.array_equal(x[..., :DIM], -x[..., DIM:]) and x.max() > 0
@@ -132,7 +133,7 @@ def test_channels_are_configurable(small):
     root, _, _ = small
     cfg = i3d_config(root, mode='spatial')
     cfg.i3d_spatial_channels, cfg.i3d_temporal_channels = (DIM, 2 * DIM), (0, DIM)   # flow stored first
-    x = dataset.load_test_data(cfg)['features']
+    x = load_data.load_test_data(cfg)['features']
     assert x.max() == 0 and x.min() < 0
 
 
@@ -143,12 +144,12 @@ def test_a_planted_instance_is_found_at_its_time_in_seconds(tmp_path):
     fps, start_s, end_s = 25.0, 17.3, 21.05
     frames = 60 * 25
     steps = (frames - 16) // 4 + 1
-    centre = i3d.step_centre_frame(np.arange(steps))
+    centre = json_dataset.step_centre_frame(np.arange(steps))
     a = np.zeros((steps, 2 * DIM), np.float32)
     a[(centre >= start_s * fps) & (centre < end_s * fps)] = 1.0
     write_dataset(tmp_path, {'video_test_9': video('Test', 60.0, fps, [('HighJump', start_s, end_s)])},
                   {'video_test_9': a})
-    data = dataset.load_test_data(i3d_config(tmp_path, mode='concat'))
+    data = load_data.load_test_data(i3d_config(tmp_path, mode='concat'))
     w, j = np.nonzero(data['features'][..., 0] > 0)
     assert len(w)
     lo = (data['starts'][w] + 4 * j).min() / fps
@@ -162,7 +163,7 @@ def test_a_planted_instance_is_found_at_its_time_in_seconds(tmp_path):
 def refuse(root, db, feats, *words, split='val'):
     write_dataset(root, db, feats)
     with pytest.raises(ValueError) as err:
-        i3d.read_split(i3d_config(root), split)
+        json_dataset.read_split(i3d_config(root), split)
     message = str(err.value)
     assert '\n' not in message
     for word in words:
@@ -191,7 +192,7 @@ def test_refusals(small):
         refuse(root, database, {'video_validation_1': feats['video_validation_1']}, 'video_validation_1', field)
     (root / 'anno.json').write_text(json.dumps({'videos': {}}))
     with pytest.raises(ValueError, match="missing field 'database'"):
-        i3d.read_split(i3d_config(root), 'val')
+        json_dataset.read_split(i3d_config(root), 'val')
 
 
 def test_feature_files_that_do_not_fit_are_refused(small):
@@ -209,12 +210,12 @@ def test_missing_feature_files_are_named(small):
     os.remove(root / 'feat' / 'video_validation_2.npy')
     cfg = i3d_config(root)
     with pytest.warns(thumos14.InputWarning, match='video_validation_2') as caught:
-        anno, videos = i3d.read_split(cfg, 'val')
+        anno, videos = json_dataset.read_split(cfg, 'val')
     assert 'never trained on' in str(caught[0].message) and '1 of the 2 Validation' in str(caught[0].message)
     assert videos['video'].tolist() == ['video_validation_1'] and 'video_validation_2' not in set(anno['video'])
     os.remove(root / 'feat' / 'video_validation_1.npy')
     with pytest.raises(ValueError, match='no feature file'):
-        i3d.read_split(cfg, 'val')
+        json_dataset.read_split(cfg, 'val')
 
 
 def test_config_switches():
@@ -234,9 +235,9 @@ def test_concat_mode_reads_both_release_folders(tmp_path):
     cfg = build_config(data_dir=str(tmp_path / 'thumos14'), feature_path=str(tmp_path / 'feature'),
                        pretrain='synthetic')
     make_synthetic(str(tmp_path), cfg, seed=1, dim=6, train_windows=20, test_windows=10)
-    starts, videos = load_data.read_window_info(tmp_path / 'thumos14/test/window_info.log')
-    parts = [load_data.load_features(cfg, 'test', starts, videos, m) for m in ('spatial', 'temporal')]
-    both = load_data.load_features(cfg, 'test', starts, videos, 'concat', indices=[3, 1])
+    starts, videos = sliding_windows.read_window_info(tmp_path / 'thumos14/test/window_info.log')
+    parts = [release_dataset.load_features(cfg, 'test', starts, videos, m) for m in ('spatial', 'temporal')]
+    both = release_dataset.load_features(cfg, 'test', starts, videos, 'concat', indices=[3, 1])
     assert both.shape == (2, 128, 12)
     assert np.array_equal(both, np.concatenate(parts, axis=2)[[3, 1]])
 
@@ -265,8 +266,8 @@ def test_synthetic_i3d_layout(synthetic):
             assert thumos14.CLASS_NAMES[ann['label_id'] + 1] == ann['label']
     assert db['video_test_0000950']['fps'] == 25.0
     # The §3 windows of the JSON are the counts asked for.
-    assert len(i3d.load_train_gt(cfg)['start']) == 40
-    assert len(i3d.test_windows(cfg)[0]) == 30
+    assert len(json_dataset.load_train_gt(cfg)['start']) == 40
+    assert len(json_dataset.test_windows(cfg)[0]) == 30
 
 
 def test_synthetic_instances_sit_at_their_time(synthetic):
@@ -278,7 +279,7 @@ def test_synthetic_instances_sit_at_their_time(synthetic):
     inside, outside = [], []
     for _, r in first.iterrows():
         a = np.load(root / I3D_FEATURES / f'{r["video"]}.npy')
-        t = i3d.frame_to_step(i3d.seconds_to_frames([r['start'], r['end']], r['fps']))
+        t = json_dataset.frame_to_step(json_dataset.seconds_to_frames([r['start'], r['end']], r['fps']))
         lo, hi = int(np.ceil(t[0])), int(np.floor(t[1]))
         norm = np.linalg.norm(a, axis=1)
         inside.append(norm[lo:hi + 1].mean())
