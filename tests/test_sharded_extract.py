@@ -82,7 +82,8 @@ def tree(root):
 def extracted(capsys):
     """Names of the videos a run reported extracting ('[i/n] name: ...' lines)."""
     out = capsys.readouterr().out
-    return sorted(line.split('] ')[1].split(':')[0] for line in out.splitlines() if '] ' in line and ' frames -> ' in line)
+    return sorted(line.split('] ')[1].split(':')[0] for line in out.splitlines()
+                  if '] ' in line and ' frames -> ' in line)
 
 
 def test_balanced_split_longest_first_to_the_least_loaded():
