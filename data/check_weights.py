@@ -94,12 +94,12 @@ def classify(path, backbone='i3d', stream='spatial', weights=None, size=None, fl
     network_input = backbone == 'i3d' and path.lower().endswith('.gif')
     with torch.inference_mode():
         if backbone == 'i3d':
-            return net.classify(i3d_input(frames, stream, size, flow, network_input).to(device))[0].cpu(), \
-                len(frames), network_input
-        video = clip_features.make_rgb_prep(backbone, size, device, torchvision)(frames)   # [T, C, h, w]
-        starts = torch.arange(0, max(1, len(frames) - CLIP_FRAMES + 1), CLIP_FRAMES)
-        index = (starts[:, None] + torch.arange(CLIP_FRAMES)).clamp(max=len(frames) - 1)
-        logits = torch.cat([net(video[i].transpose(1, 2)) for i in index[:, None]])   # 16-frame clips
+            logits = net.classify(i3d_input(frames, stream, size, flow, network_input).to(device))
+        else:
+            video = clip_features.make_rgb_prep(backbone, size, device, torchvision)(frames)   # [T, C, h, w]
+            starts = torch.arange(0, max(1, len(frames) - CLIP_FRAMES + 1), CLIP_FRAMES)
+            index = (starts[:, None] + torch.arange(CLIP_FRAMES)).clamp(max=len(frames) - 1)
+            logits = torch.cat([net(video[i].transpose(1, 2)) for i in index[:, None]])   # 16-frame clips
     return logits.mean(0).cpu(), len(frames), network_input
 
 
