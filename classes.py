@@ -94,6 +94,25 @@ def path_beside(result_path):
     return os.path.splitext(str(result_path))[0] + '.classes.txt'
 
 
+def write_beside(path, class_list, implied):
+    """The class list of the file `path` beside it (path_beside); none for the `implied` classes,
+    which a missing list means (a stale list is removed)."""
+    beside = path_beside(path)
+    if tuple(class_list) != tuple(implied):
+        write_class_list(beside, class_list)
+    elif os.path.lexists(beside):
+        try:
+            os.remove(beside)
+        except OSError as err:
+            raise ValueError(f'cannot remove the stale class list {beside}: {err.strerror or err}') from None
+
+
+def read_beside(path, implied):
+    """The classes of the file `path`: the class list beside it, else `implied`."""
+    beside = path_beside(path)
+    return read_class_list(beside) if os.path.isfile(beside) else implied
+
+
 def write_class_list(path, class_list):
     """One `id name` line per class, in class order (atomically)."""
     with atomic_open(path, 'w') as f:

@@ -35,7 +35,7 @@ import pandas as pd
 import classes
 import thumos14
 from fileio import atomic_open, atomic_path
-from predictions import prediction_arrays, read_predictions_and_classes, write_class_list_beside
+from predictions import prediction_arrays, read_predictions_and_classes
 from thumos14 import CLIFF_DIVING, DIVING, THUMOS14_CLASSES
 
 CANDIDATES_PER_ROW = 3
@@ -536,7 +536,7 @@ def write_result_files(path, det, class_list, json_path=None):
     """The result file `path` (detections() output, with the class list's ids), its class list
     beside it for classes other than THUMOS14's (absent: THUMOS14's; a stale one is removed) and,
     when json_path is given, the ActivityNet-style results JSON."""
-    write_class_list_beside(path, class_list)
+    classes.write_beside(path, class_list, implied=THUMOS14_CLASSES)
     write_detections(path, det)
     if json_path:
         write_results_json(json_path, det, class_list)

@@ -145,8 +145,7 @@ def read_predictions_and_classes(path):
 def class_list_of(path):
     """The classes of the predictions CSV `path`: its class list beside it (classes.path_beside),
     else THUMOS14's."""
-    beside = classes.path_beside(path)
-    return classes.read_class_list(beside) if os.path.isfile(beside) else thumos14.THUMOS14_CLASSES
+    return classes.read_beside(path, implied=thumos14.THUMOS14_CLASSES)
 
 
 def _checked_predictions(df, path, class_list):
@@ -239,7 +238,7 @@ def write_predictions(path, pred, class_list=thumos14.THUMOS14_CLASSES):
     if len(columns) != len(class_list.names) + 1 + len(BASE_COLUMNS):
         raise ValueError(f'{path}: the table has {len(columns) - len(BASE_COLUMNS)} score columns, but its classes '
                          f'are {classes.brief(class_list)} (background + one score per class)')
-    write_class_list_beside(path, class_list)
+    classes.write_beside(path, class_list, implied=thumos14.THUMOS14_CLASSES)
     header = ','.join(columns + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else []))
     table = _predictions_arrow_table(df, columns)
     if table is None:
@@ -249,19 +248,6 @@ def write_predictions(path, pred, class_list=thumos14.THUMOS14_CLASSES):
         with pa.OSFile(tmp, 'wb') as sink:
             sink.write((header + '\n').encode())
             pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style='none'))
-
-
-def write_class_list_beside(path, class_list):
-    """The class list of the file `path` beside it (classes.path_beside), or for THUMOS14's classes,
-    which a missing list means, none (a stale one is removed)."""
-    beside = classes.path_beside(path)
-    if tuple(class_list) != tuple(thumos14.THUMOS14_CLASSES):
-        classes.write_class_list(beside, class_list)
-    elif os.path.lexists(beside):
-        try:
-            os.remove(beside)
-        except OSError as err:
-            raise ValueError(f'cannot remove the stale class list {beside}: {err.strerror or err}') from None
 
 
 def _predictions_arrow_table(df, columns=None):
