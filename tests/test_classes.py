@@ -28,9 +28,11 @@ DIM = 8   # channels per stream
 
 
 def toy_video(subset, rng, seconds=40.0, fps=30.0):
-    starts = np.sort(rng.uniform(0, seconds - 6, 4))
-    annotations = [dict(label=NAMES[k], label_id=int(k), segment=[round(float(s), 2), round(float(s + rng.uniform(1.5, 4)), 2)])
-                   for k, s in zip(rng.integers(0, len(NAMES), len(starts)), starts)]
+    starts = np.sort(rng.uniform(0, seconds - 6, 4)).round(2)
+    ends = (starts + rng.uniform(1.5, 4, 4)).round(2)
+    labels = rng.integers(0, len(NAMES), 4)
+    annotations = [dict(label=NAMES[k], label_id=k, segment=[s, e])
+                   for k, s, e in zip(labels.tolist(), starts.tolist(), ends.tolist())]
     return dict(subset=subset, duration=seconds, fps=fps, annotations=annotations)
 
 
