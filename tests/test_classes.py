@@ -27,12 +27,12 @@ NAMES = ('pour', 'stir', 'chop', 'whisk', 'plate')   # label_id 0..4 in this ord
 DIM = 8   # channels per stream
 
 
-def toy_video(subset, rng, seconds=40.0, fps=30.0):
+def toy_video(subset, rng, first, seconds=40.0, fps=30.0):
+    """Four instances, of the classes first, first + 1, ... (mod 5)."""
     starts = np.sort(rng.uniform(0, seconds - 6, 4)).round(2)
     ends = (starts + rng.uniform(1.5, 4, 4)).round(2)
-    labels = rng.integers(0, len(NAMES), 4)
-    annotations = [dict(label=NAMES[k], label_id=k, segment=[s, e])
-                   for k, s, e in zip(labels.tolist(), starts.tolist(), ends.tolist())]
+    annotations = [dict(label=NAMES[(first + j) % len(NAMES)], label_id=(first + j) % len(NAMES), segment=[s, e])
+                   for j, (s, e) in enumerate(zip(starts.tolist(), ends.tolist()))]
     return dict(subset=subset, duration=seconds, fps=fps, annotations=annotations)
 
 
@@ -42,8 +42,8 @@ def toy(tmp_path_factory):
     each instance's steps carry its class's signature in both streams."""
     root = tmp_path_factory.mktemp('toy')
     rng = np.random.default_rng(5)
-    database = {f'video_validation_{i}': toy_video('Validation', rng) for i in range(3)}
-    database.update({f'video_test_{i}': toy_video('Test', rng) for i in range(2)})
+    database = {f'video_validation_{i}': toy_video('Validation', rng, i) for i in range(3)}
+    database.update({f'video_test_{i}': toy_video('Test', rng, 3 + i) for i in range(2)})
     (root / 'anno.json').write_text(json.dumps({'database': database}))
     (root / 'feat').mkdir()
     signature = rng.normal(0, 1, (len(NAMES), 2 * DIM)).astype(np.float32)
