@@ -2,7 +2,8 @@
 and the TensorFlow variable layout of the authors' release.
 
 A checkpoint (models/<run>/model-ep-<e>.pt) is a dict read with weights_only=True:
-model (state dict), method, feature_dim, config (Config.to_dict()), epoch, and, when
+model (state dict), method, feature_dim, config (Config.to_dict()), epoch, classes (the
+class names and ids of its outputs, classes.as_dict; absent: THUMOS14's) and, when
 train.py wrote it, optimizer, losses and rng (docs/method.md §2). Every file is written
 to a temporary name and renamed, so a reader never sees half of one.
 
@@ -14,9 +15,11 @@ import re
 
 import torch
 
+import classes
 import config
 import fileio
 import operations
+import thumos14
 from decouple_ssad import DecoupleSSAD
 from main_stream import MainStream
 
@@ -99,18 +102,28 @@ def saved_settings(ckpt):
     return config.as_settings((ckpt.get('config') if isinstance(ckpt, dict) else None) or {})
 
 
-def check_checkpoint(ckpt, path, cfg, feature_dim=None, features='the data'):
+def checkpoint_classes(ckpt, path):
+    """The classes of a checkpoint's outputs (classes.ClassList); one without them is THUMOS14's
+    (written before checkpoints recorded their classes, or converted from the release)."""
+    if not isinstance(ckpt, dict) or 'classes' not in ckpt:
+        return thumos14.THUMOS14_CLASSES
+    return classes.from_dict(ckpt['classes'], f'checkpoint {path}')
+
+
+def check_checkpoint(ckpt, path, cfg, feature_dim=None, features='the data', class_list=None):
     """The one test of whether checkpoint `ckpt` (read from `path`) fits cfg: ValueError if not.
 
-    It must be this project's dict, hold a cfg.method model, agree on every ANCHOR_FIELDS
-    setting it records and (feature_dim given) expect features of that width; `features`
-    names where those come from in the message.
+    It must be this project's dict, hold a cfg.method model, (class_list given) have been
+    trained on those classes, agree on every ANCHOR_FIELDS setting it records and (feature_dim
+    given) expect features of that width; `features` names where those come from in the message.
     """
     missing = [key for key in ('model', 'method', 'feature_dim') if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ValueError(f'checkpoint {path} lacks {missing}: not a checkpoint of this project')
     if ckpt['method'] != cfg.method:
         raise ValueError(f'checkpoint {path} holds a {ckpt["method"]} model, but method is {cfg.method}')
+    if class_list is not None:
+        classes.check_same(checkpoint_classes(ckpt, path), class_list, f'checkpoint {path}', features)
     if feature_dim is not None and int(feature_dim) != int(ckpt['feature_dim']):
         raise ValueError(f'checkpoint {path} expects features of dimension {ckpt["feature_dim"]}, '
                          f'but {features} has dimension {feature_dim}')
@@ -145,15 +158,16 @@ def load_state(model, state, path):
     model.load_state_dict(state)
 
 
-def load_model(path, cfg, device='cpu', feature_dim=None):
+def load_model(path, cfg, device='cpu', feature_dim=None, class_list=None):
     """Load a checkpoint written by train.py or convert_tf_checkpoint.py -> (model, ckpt).
 
     Raises ValueError when the file is missing or unreadable, was trained for another
-    method or anchor layout, or (feature_dim given) expects features of another width.
+    method, anchor layout or (class_list given) other classes, or (feature_dim given)
+    expects features of another width.
     """
     path = str(path)
     ckpt = read_checkpoint(path)
-    check_checkpoint(ckpt, path, cfg, feature_dim)
+    check_checkpoint(ckpt, path, cfg, feature_dim, class_list=class_list)
     model = build_model(cfg, ckpt['feature_dim'])
     load_state(model, ckpt['model'], path)
     return model.to(device), ckpt

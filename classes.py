@@ -7,7 +7,9 @@ consistent id per label, else by name, with ids 1..K in that order.
 
 A result file of such a dataset carries those ids; its class list is written beside it
 (path_beside: `result.txt` -> `result.classes.txt`), one `id name` line per class, the format of
-the kit's detclasslist.txt, so an evaluation can report each class by name.
+the kit's detclasslist.txt, so an evaluation can report each class by name. A checkpoint
+records its classes as as_dict's {'names': [...], 'ids': [...]}; check_same refuses data, a
+predictions file or a second stream whose classes differ, in one line naming both.
 
 Imports nothing of this project but fileio: every module may use it.
 """
@@ -46,9 +48,69 @@ def from_labels(labels, label_ids=None):
     return ClassList(tuple(names), tuple(range(1, len(names) + 1)))
 
 
+def as_dict(class_list):
+    """The plain {'names': [...], 'ids': [...]} a checkpoint stores (torch.load weights_only reads it)."""
+    return {'names': list(class_list.names), 'ids': [int(i) for i in class_list.ids]}
+
+
+def from_dict(values, where):
+    """as_dict's output -> ClassList; anything else is a ValueError naming `where`."""
+    names, ids = (values.get(key) if isinstance(values, dict) else None for key in ('names', 'ids'))
+    if (not isinstance(names, (list, tuple)) or not isinstance(ids, (list, tuple)) or not names
+            or len(names) != len(ids) or not all(isinstance(n, str) for n in names)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or len(set(names)) != len(names) or len(set(ids)) != len(ids)):
+        raise ValueError(f'{where}: classes must be {{"names": [distinct names], "ids": [distinct integers]}} '
+                         f'of equal length, got {values!r:.200}')
+    return ClassList(tuple(names), tuple(ids))
+
+
+def brief(class_list, shown=4):
+    """'5 classes (a, b, c, d, e)', the middle left out of a long list: for one-line messages."""
+    names = list(class_list.names)
+    if len(names) > shown + 1:
+        names = names[:shown - 1] + ['...', names[-1]]
+    return f'{len(class_list.names)} classes ({", ".join(names)})'
+
+
+def check_same(expected, got, expected_from, got_from):
+    """ValueError (one line naming both class lists) unless `got` has the classes of `expected`,
+    in the same order with the same ids: a model's score k means its k-th class."""
+    if tuple(expected.names) != tuple(got.names):
+        raise ValueError(f'{got_from} has {brief(got)}, but {expected_from} has {brief(expected)}: '
+                         f'the classes must be the same, in the same order')
+    if tuple(expected.ids) != tuple(got.ids):
+        raise ValueError(f'{got_from} gives its {len(got.ids)} classes the ids {brief_ids(got)}, but '
+                         f'{expected_from} gives them {brief_ids(expected)}')
+
+
+def brief_ids(class_list, shown=4):
+    ids = [str(i) for i in class_list.ids]
+    return ', '.join(ids if len(ids) <= shown + 1 else ids[:shown - 1] + ['...', ids[-1]])
+
+
 def path_beside(result_path):
     """Where the class list of a result file lives: `<result without extension>.classes.txt`."""
     return os.path.splitext(str(result_path))[0] + '.classes.txt'
+
+
+def write_beside(path, class_list, implied):
+    """The class list of the file `path` beside it (path_beside); none for the `implied` classes,
+    which a missing list means (a stale list is removed)."""
+    beside = path_beside(path)
+    if tuple(class_list) != tuple(implied):
+        write_class_list(beside, class_list)
+    elif os.path.lexists(beside):
+        try:
+            os.remove(beside)
+        except OSError as err:
+            raise ValueError(f'cannot remove the stale class list {beside}: {err.strerror or err}') from None
+
+
+def read_beside(path, implied):
+    """The classes of the file `path`: the class list beside it, else `implied`."""
+    beside = path_beside(path)
+    return read_class_list(beside) if os.path.isfile(beside) else implied
 
 
 def write_class_list(path, class_list):

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, fields
@@ -35,6 +36,8 @@ class Config:
     i3d_feature_dir: str = 'data/thumos/i3d_features'   # <video>.npy [T, 2048], one 16-frame clip every 4 frames
     i3d_spatial_channels: tuple = (0, 1024)      # [lo, hi) of the RGB stream in each step
     i3d_temporal_channels: tuple = (1024, 2048)  # [lo, hi) of the flow stream; files are max(hi) wide
+    class_list: str = ''               # optional `id name` file of the classes (data_source=i3d); empty: the
+                                       # data's own (the JSON's labels; THUMOS14's 20 with their official ids)
     train_split_set: str = 'val'
     test_split_set: str = 'test'
     window_size: int = 512             # frames per window
@@ -44,7 +47,8 @@ class Config:
     overlap_ratio_threshold: float = 0.9  # a training window keeps an instance when > 0.9 of it is inside
 
     # --- network and anchors ---
-    num_classes: int = thumos14.NUM_CLASSES  # 20 THUMOS14 classes + background
+    num_classes: int = thumos14.NUM_CLASSES  # background + the data's K classes: set from the data
+                                             # (with_classes), not a setting; 21 for THUMOS14
     layers_name: tuple = ('AL1', 'AL2', 'AL3')
     num_anchors: tuple = (16, 8, 4)    # positions per anchor layer
     scale: tuple = (1 / 16, 1 / 8, 1 / 4)
@@ -131,6 +135,12 @@ def get_fuse_result_path(cfg):
     return join(cfg.results_dir, f'result_fuse_{cfg.pretrain}_{cfg.method}.txt')
 
 
+def get_results_json_path(result_path):
+    """The ActivityNet-style results JSON written beside a result file: result_<run>.txt -> result_<run>.json."""
+    stem, ext = os.path.splitext(str(result_path))
+    return stem + '.json' if ext != '.json' else str(result_path) + '.json'
+
+
 def get_log_path(cfg):
     return join(cfg.logs_dir, f'{cfg.run_name}.log')
 
@@ -151,6 +161,11 @@ def resolve_defaults(cfg):
     if cfg.data_source == 'i3d' and not cfg.fps_file:
         cfg.fps_file = cfg.i3d_annotation
     return cfg
+
+
+def with_classes(cfg, class_list):
+    """cfg for a model of `class_list` (a classes.ClassList): num_classes = background + its classes."""
+    return dataclasses.replace(cfg, num_classes=len(class_list.names) + 1)
 
 
 def get_data_x_path(cfg, split_set, mode=None):
@@ -196,6 +211,8 @@ def apply_overrides(cfg, overrides):
         key = key.replace('-', '_')
         if key not in valid:
             raise ValueError(f'unknown config key {key!r}. Valid keys:\n  ' + '\n  '.join(sorted(valid)))
+        if key in DERIVED:
+            raise ValueError(f'{key}: {text or "(no value)"} is not a setting: {DERIVED[key]}')
         if not has_value:
             if isinstance(getattr(cfg, key), bool) and (not args or args[0].startswith('--')):
                 text = 'true'
@@ -209,6 +226,9 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
+# Fields the data decide, recorded in a saved config.json; given on the command line they are refused.
+DERIVED = {'num_classes': 'it is background + the data\'s classes (THUMOS14: 21); use class_list=FILE of '
+                          '`id name` lines to choose the classes of a dataset in the JSON layout'}
 FEATURE_DTYPES = ('float16', 'float32', 'float64')
 DEVICE_SYNTAX = re.compile(r'auto|cpu|cuda(:\d+)?')
 
@@ -255,9 +275,7 @@ def _domain_problems(cfg):
     for name in ('p_class', 'p_loc', 'p_conf'):
         number(name, lambda v: 0 <= v < math.inf, 'a finite number >= 0 (a loss weight)')
     number('negative_ratio', lambda v: v >= 0, 'a number >= 0')
-    if cfg.num_classes != thumos14.NUM_CLASSES:
-        problems.append(f'num_classes: {cfg.num_classes!r} is not supported; use {thumos14.NUM_CLASSES} (THUMOS14\'s '
-                        f'20 classes + background, which the data, the post-processing and the result files assume)')
+    number('num_classes', lambda v: v >= 2, 'an integer >= 2 (background + at least one class)', integer=True)
     for name in ('base_width', 'anchor_width', 'input_steps', 'window_size', 'train_stride', 'test_stride',
                  'batch_size', 'test_batch_size'):
         number(name, positive_int, 'an integer >= 1', integer=True)

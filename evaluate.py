@@ -16,7 +16,9 @@ Two metrics:
     python evaluate.py R1.txt R2.txt --labels 'late fusion' 'RGB only' --metric all --summary
     python evaluate.py R.txt --gt data/thumos/annotations/thumos14.json --metric anet --protocol opentad
 
-The metrics are the table EVALUATORS; `--metric all` (or `both`) is every one. Ground truth: the
+The metrics are the table EVALUATORS; `--metric all` (or `both`) is every one that applies: the
+kit's is THUMOS14's (the command line refuses it on another dataset's classes), the
+ActivityNet-style one applies to any dataset and is the default there. Ground truth: the
 kit's folder (<Class>_test.txt, Ambiguous_test.txt, detclasslist.txt) or the field's annotation
 JSON (its Test videos as in the file; another dataset's JSON: its labels are the classes,
 method.md §15). `--protocol` picks the test videos (PROTOCOLS, or a file of names; method.md §12).
@@ -575,6 +577,33 @@ def evaluate_anet(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', 
 EVALUATORS = {'kit': evaluate_kit, 'anet': evaluate_anet}
 
 
+def metrics_that_apply(gt):
+    """The EVALUATORS the command line uses on a ground truth: every one on THUMOS14's classes,
+    the ActivityNet-style metric alone on another dataset's. The kit's metric is THUMOS14's
+    official number; evaluate_kit computes it on any classes (the diagnosis shows it), but a
+    number called "the kit's" on another dataset would mislead."""
+    if set(gt['class_names']) <= set(thumos14.THUMOS14_CLASSES.names):
+        return tuple(EVALUATORS)
+    return ('anet',)
+
+
+def choose_metrics(requested, gt):
+    """--metric (kit, anet, all / both, or None: the first that applies) -> the metrics to run;
+    kit on another dataset's classes is a ValueError pointing at anet."""
+    applies = metrics_that_apply(gt)
+    if requested is None:
+        return applies[:1]   # kit for THUMOS14, anet for another dataset
+    if requested in ('all', 'both'):
+        return applies
+    if requested not in applies:
+        names = list(gt['class_names'])
+        raise ValueError(f'--metric {requested}: the kit metric is THUMOS14\'s (TH14evalDet, its 20 classes), but '
+                         f'the ground truth {gt["gt_dir"]} has {len(names)} classes of another dataset '
+                         f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""}): use --metric anet, the '
+                         f'ActivityNet-style metric, which applies to any dataset')
+    return (requested,)
+
+
 def evaluate(result, gt_dir, thresholds=DEFAULT_THRESHOLDS, subset='test', metrics=('kit',), return_pr=False,
              protocol=None, gt=None):
     """Several metrics on one result, reading the files once -> {metric: result dict}. gt: the
@@ -658,8 +687,9 @@ def main(argv=None):
                                                    'i3d_annotation with data_source=i3d)')
     parser.add_argument('--subset', default='test')
     parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
-    parser.add_argument('--metric', choices=[*EVALUATORS, 'all', 'both'], default='kit',
-                        help='all (or both): every metric')
+    parser.add_argument('--metric', choices=[*EVALUATORS, 'all', 'both'], default=None,
+                        help='all (or both): every metric that applies (default: kit for THUMOS14, anet for '
+                             'another dataset)')
     parser.add_argument('--protocol', default=None,
                         help=f'test videos: {", ".join(PROTOCOLS)}, or a file of video names, one a line '
                              f'(default: all for the kit\'s folder, actionformer for a JSON)')
@@ -670,7 +700,6 @@ def main(argv=None):
     try:
         cfg, args = config.parse_config(parser, argv)
         gt_dir = args.gt or config.get_eval_gt_path(cfg)
-        metrics = tuple(EVALUATORS) if args.metric in ('all', 'both') else (args.metric,)
         labels = args.labels or args.result
         if len(labels) != len(args.result):
             raise ValueError(f'{len(args.result)} result files but {len(labels)} --labels')
@@ -679,6 +708,7 @@ def main(argv=None):
                 raise ValueError('--json takes one result file')
             fileio.check_writable(args.json)
         gt = read_ground_truth(gt_dir, args.subset, args.protocol)
+        metrics = choose_metrics(args.metric, gt)
         every = [evaluate(r, gt_dir, args.thresholds, args.subset, metrics, gt=gt) for r in args.result]
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None

@@ -1,5 +1,5 @@
 """Two-stream fusion (method.md §11): the temporal and spatial streams' predictions into one
-THUMOS14 result file. fuse_predictions averages two predictions tables, fuse_files two
+result file. fuse_predictions averages two predictions tables, fuse_files two
 predictions CSVs into a result file (detect.py and the script below use them); the
 post-processing that follows is postprocess.py's.
 
@@ -8,8 +8,10 @@ post-processing that follows is postprocess.py's.
 
 The first form reads results/predict_temporal_<pretrain>_<method>.csv and
 results/predict_spatial_<pretrain>_<method>.csv and writes
-results/result_fuse_<pretrain>_<method>.txt. Both files must hold predictions of the
-same windows in the same order, and the anchors of each window in the same order
+results/result_fuse_<pretrain>_<method>.txt (with its class list beside it for classes other
+than THUMOS14's) and the ActivityNet-style results JSON result_fuse_<pretrain>_<method>.json.
+Both files must hold predictions of the same classes (the class list beside each, else
+THUMOS14's), of the same windows in the same order, and the anchors of each window in the same order
 (checked with their `anchor` column when both have one; without it a warning says the
 order cannot be verified); otherwise the first row that differs is named.
 conf, xmin, xmax and every score_k become w * temporal + (1 - w) * spatial
@@ -25,11 +27,12 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+import classes
 import config
 import postprocess
 import thumos14
 from fileio import check_writable
-from predictions import ANCHOR_COLUMN, SCORE_COLUMNS, read_predictions, window_runs
+from predictions import ANCHOR_COLUMN, num_scores, read_predictions_and_classes, score_columns, window_runs
 
 
 # ----------------------------------------------------------------------------- method.md §11
@@ -50,9 +53,13 @@ def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
     window in the same order; otherwise ValueError naming the first row (and file line)
     that differs. The anchor order is checked with the `anchor` column when both tables
     have one; without it only the number of rows of each window can be checked, and a
-    warning says so. Returns the fused DataFrame, unfiltered: post_process(..., fused=True)
-    applies the fused filter.
+    warning says so. Both must have the same score columns. Returns the fused DataFrame,
+    unfiltered: post_process(..., fused=True) applies the fused filter.
     """
+    widths = [num_scores(df.columns) for df in (temporal, spatial)]
+    if widths[0] != widths[1]:
+        raise ValueError(f'{names[0]} has {widths[0]} score columns, {names[1]} has {widths[1]}: '
+                         f'they are not predictions of the same classes')
     if len(temporal) != len(spatial):
         raise ValueError(f'{names[0]} has {len(temporal)} prediction rows, {names[1]} has {len(spatial)}: '
                          f'they are not predictions of the same windows')
@@ -66,7 +73,7 @@ def fuse_predictions(temporal, spatial, cfg, names=('temporal', 'spatial')):
         raise ValueError(f'predictions do not align at row {i} (line {i + 2}): {names[0]} has '
                          f'{tv[i]} start {ts[i]}, {names[1]} has {sv[i]} start {ss[i]}; '
                          f'both streams must be predicted over the same window list')
-    cols = ['conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+    cols = ['conf', 'xmin', 'xmax'] + score_columns(widths[0])
     t_values = temporal[cols].to_numpy(np.float64)
     s_values = spatial[cols].to_numpy(np.float64)
     for name, values in zip(names, (t_values, s_values)):
@@ -121,12 +128,15 @@ def _check_window_sizes(video, start, names):
                          f'fuse unfiltered predictions files as test.py writes them')
 
 
-def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of):
-    """method.md §11 from two predictions CSVs into a result file; returns the detections."""
-    fused = fuse_predictions(read_predictions(temporal_path), read_predictions(spatial_path), cfg,
-                             names=(temporal_path, spatial_path))
-    det = postprocess.detections(fused, cfg, fps_of, fused=True)
-    postprocess.write_detections(out_path, det)
+def fuse_files(temporal_path, spatial_path, out_path, cfg, fps_of, json_path=None):
+    """method.md §11 from two predictions CSVs of the same classes into a result file (its class
+    list beside it, and the results JSON when json_path is given); returns the detections."""
+    temporal, temporal_classes = read_predictions_and_classes(temporal_path)
+    spatial, spatial_classes = read_predictions_and_classes(spatial_path)
+    classes.check_same(temporal_classes, spatial_classes, temporal_path, spatial_path)
+    fused = fuse_predictions(temporal, spatial, cfg, names=(temporal_path, spatial_path))
+    det = postprocess.detections(fused, cfg, fps_of, fused=True, class_list=temporal_classes)
+    postprocess.write_result_files(out_path, det, temporal_classes, json_path)
     return postprocess.detections_frame(det)
 
 
@@ -147,9 +157,11 @@ def fuse(cfg, temporal=None, spatial=None, out=None):
                              f'--pretrain {cfg.pretrain} --method {cfg.method} first, or give --{mode} CSV')
     if os.path.abspath(temporal) == os.path.abspath(spatial):
         raise ValueError(f'--temporal and --spatial are the same file {temporal}')
+    json_path = config.get_results_json_path(out)
     check_writable(out)
+    check_writable(json_path)
     fps_of = thumos14.video_fps(cfg.fps_file)
-    return out, fuse_files(temporal, spatial, out, cfg, fps_of)
+    return out, fuse_files(temporal, spatial, out, cfg, fps_of, json_path)
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ centred on frame 4t + 8). What load_data reads through this module:
     gt = load_train_gt(cfg)                  # §3 windows and boxes of the Validation videos
     starts, names = test_windows(cfg)        # §3 windows of every Test video
     x = load_features(cfg, 'test', starts, names, 'concat')   # [W, 128, D] of the windows
+    classes = class_list(cfg)                # the JSON's labels, or the class-list file cfg.class_list
 
 Why a reader and not a one-time converter into the release's files: the JSON and the folder stay
 the only copy (no second copy of 10+ GB of features, nothing to regenerate when either changes),
@@ -26,6 +27,7 @@ import os
 import numpy as np
 import pandas as pd
 
+import classes
 import thumos14
 from config import CONCAT_STREAMS
 from feature_files import CLIP_FRAMES, FRAMES_PER_STEP, STEP_CONVENTIONS, load_npy, read_video_files
@@ -100,7 +102,7 @@ def read_split(cfg, split):
     Frames are seconds * fps rounded (an instance keeps at least one frame); frame_num is
     duration * fps rounded. Videos without a feature file are reported by name and left out."""
     subset = _subset(split)
-    db = thumos14.read_annotation_json(cfg.i3d_annotation)
+    db = thumos14.read_annotation_json(cfg.i3d_annotation, class_list=class_list(cfg))
     videos = db['videos'][db['videos']['subset'] == subset].reset_index(drop=True)
     if len(videos) == 0:
         raise ValueError(f'{cfg.i3d_annotation}: field subset: no video of subset {subset}')
@@ -160,10 +162,22 @@ def _feature_steps(cfg, videos, anno):
 def load_train_gt(cfg):
     """The §3 training windows of the Validation videos and their boxes (sliding_windows.make_gt's dict)."""
     anno, _ = read_split(cfg, cfg.train_split_set)
-    starts, videos = make_windows(anno, True, cfg)
+    class_ids = class_list(cfg).ids
+    starts, videos = make_windows(anno, True, cfg, class_ids)
     if len(starts) == 0:
         raise ValueError(f'{cfg.i3d_annotation}: field annotations: no training window keeps an instance')
-    return make_gt(anno, starts, videos, cfg)
+    return make_gt(anno, starts, videos, cfg, class_ids)
+
+
+def class_list(cfg):
+    """The classes (classes.ClassList): the `id name` file cfg.class_list, whose classes every label
+    of the JSON must name; else the JSON's labels (THUMOS14's 20 with their official ids when every
+    label is a THUMOS14 class, else in label_id order, or by name, with ids 1..K)."""
+    if cfg.class_list:
+        if not os.path.isfile(cfg.class_list):
+            raise ValueError(f'class_list: {cfg.class_list} not found (a file of `id name` lines)')
+        return classes.read_class_list(cfg.class_list)
+    return thumos14.read_annotation_json(cfg.i3d_annotation, class_list=None)['classes']
 
 
 def test_windows(cfg, path=None):

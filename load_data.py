@@ -3,14 +3,16 @@
     data = load_train_data(cfg)    # features [W, 128, D] + dense padded ground truth
     data = load_test_data(cfg)     # features [W, 128, D] + the windows' starts and videos
     data = load_video_data(cfg, video, frame_num, folder)   # one video's test windows (detect.py)
+    classes = class_list(cfg)      # the data's classes (classes.ClassList); a model has 1 + K outputs
     for idx in epoch_batches(len(data['features']), cfg, epoch): ...
 
-A data source is a module with three functions, named by its row of config.DATA_SOURCES:
+A data source is a module with four functions, named by its row of config.DATA_SOURCES:
 
     load_train_gt(cfg)              training windows and their boxes (sliding_windows.make_gt's dict)
     test_windows(cfg, path=None)    (starts, videos) of the test split; `path` is a window_info.log
     load_features(cfg, split, starts, videos, mode=None, indices=None, folder=None, mmap=False)
                                     [len(indices), 128, D] features of those windows
+    class_list(cfg)                 the classes of its instances (classes.ClassList), in model order
 
 release_dataset.py reads the release's folders ('release'), json_dataset.py a dataset in the
 field's JSON format ('i3d'); a new source is one such module and one row of the table. Below
@@ -32,6 +34,11 @@ def data_source(cfg):
     if cfg.data_source not in DATA_SOURCES:
         raise ValueError(f'data_source: {cfg.data_source!r} is not a data source; use one of {", ".join(DATA_SOURCES)}')
     return importlib.import_module(DATA_SOURCES[cfg.data_source])
+
+
+def class_list(cfg):
+    """The data's classes (classes.ClassList): model class k (1..K) is class_list.names[k - 1]."""
+    return data_source(cfg).class_list(cfg)
 
 
 def _first_batch(cfg, w):

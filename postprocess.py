@@ -1,13 +1,14 @@
 """Post-processing (method.md §10), vectorised; fuse.py fuses two streams (§11) and then calls it.
 
-From a predictions table (one row per anchor per window) to THUMOS14 detections:
+From a predictions table (one row per anchor per window) to detections (THUMOS14's, or those of
+any class list: model class k becomes the class list's k-th id):
 
 1. keep rows with score_0 < 0.98 and conf > 0.1;
 2. s_k = score_k * sigmoid(conf); three candidates per row, found as the release
    finds them: take the first argmax, set it to 0, take the first argmax again
    (so in a row whose other scores are all 0 the next candidate is the lowest
    class whose score is then 0, with score 0);
-3. every CliffDiving (22) candidate repeated as Diving (26);
+3. every CliffDiving (22) candidate repeated as Diving (26), when the classes are THUMOS14's;
 4. greedy NMS per (video, class) with the release's unclamped IoU, where 0/0
    (identical zero-length boxes) counts as overlapping;
 5. frames / fps -> seconds.
@@ -24,16 +25,18 @@ concatenation order goes first. The result file is written from the arrays by
 thumos14.result_bytes, the lines formatted in a thread per core.
 """
 import contextlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 
+import classes
 import thumos14
-from fileio import atomic_path
-from predictions import prediction_arrays, read_predictions
-from thumos14 import CLASS_REAL, CLIFF_DIVING, DIVING
+from fileio import atomic_open, atomic_path
+from predictions import prediction_arrays, read_predictions_and_classes
+from thumos14 import CLIFF_DIVING, DIVING, THUMOS14_CLASSES
 
 CANDIDATES_PER_ROW = 3
 
@@ -110,23 +113,36 @@ def _top3(s):
     return cls + 1, val
 
 
-def _candidates(video, by_start, cls, val):
+def repeated_classes(class_list):
+    """[K + 1] model class -> the model class its candidates are repeated as (0: none): THUMOS14's
+    CliffDiving as Diving (every CliffDiving instance is a Diving one too); no repeats elsewhere."""
+    repeat = np.zeros(len(class_list.names) + 1, np.int64)
+    if tuple(class_list) == tuple(THUMOS14_CLASSES):
+        index = {cid: k + 1 for k, cid in enumerate(class_list.ids)}
+        repeat[index[CLIFF_DIVING]] = index[DIVING]
+    return repeat
+
+
+def _candidates(video, by_start, cls, val, repeat):
     """Every candidate of §10 steps 2-3 of the rows `by_start`, in (video, class, xmin) order,
     the order the NMS sweeps.
 
     video [n] codes of the filtered rows; by_start: some of them, sorted by (video, xmin);
-    cls, val [3, n] from _top3. Returns dict(row, class_id, score, tie, group) per candidate.
+    cls, val [3, n] from _top3; repeat: repeated_classes. Returns dict(row, class_index (model
+    class 1..K), score, tie, group) per candidate.
     `tie` is the candidate's position in the release's list (per video: first choices in row
     order, then second, then third, then the Diving copies of CliffDiving candidates in that
     order): among equal scores the larger goes first. The six candidate slots of each row
     (three choices, three possible Diving copies) are laid out row by row, so one stable sort
-    by group (a radix sort on 16-bit keys), empty slots last, gives the order.
+    by group (a radix sort on 16-bit keys), empty slots last, gives the order. Groups are in
+    model-class order, which for THUMOS14 is its id order.
     """
     n = cls.shape[1]
-    class_id = np.asarray(CLASS_REAL, np.uint8)[cls[:, by_start]].T        # [n, 3], rows by start
-    copy = np.where(class_id == CLIFF_DIVING, DIVING, 0).astype(np.uint8)  # Diving copies, or 0: none
-    slot_class = np.concatenate([class_id, copy], axis=1)                 # [n, 6]
-    width = max(CLASS_REAL) + 1
+    width = len(repeat)
+    small = np.min_scalar_type(width)
+    index = cls[:, by_start].T.astype(small)                              # [n, 3], rows by start
+    copy = repeat.astype(small)[index]                                    # Diving copies, or 0: none
+    slot_class = np.concatenate([index, copy], axis=1)                    # [n, 6]
     first = video[by_start].astype(np.int64) * width
     # The group of every slot, empty slots after all groups; 16 bits where they fit (radix sort).
     kind = np.uint16 if 0 <= first.min(initial=0) and first.max(initial=0) + width < 2 ** 16 else np.int64
@@ -137,7 +153,7 @@ def _candidates(video, by_start, cls, val):
     group = group.reshape(-1)[at]
     rank, slot = np.divmod(at, 2 * CANDIDATES_PER_ROW)
     row = by_start[rank]
-    return dict(row=row, class_id=slot_class.reshape(-1)[at].astype(np.int64), group=group.astype(np.int64),
+    return dict(row=row, class_index=slot_class.reshape(-1)[at].astype(np.int64), group=group.astype(np.int64),
                 tie=slot * n + row, score=val.reshape(-1)[slot % CANDIDATES_PER_ROW * n + row])
 
 
@@ -376,14 +392,21 @@ def greedy_nms(group, start, end, threshold):
     return keep
 
 
-def detections(pred, cfg, fps_of, fused=False):
+def detections(pred, cfg, fps_of, fused=False, class_list=THUMOS14_CLASSES):
     """method.md §10 on a predictions table (DataFrame or column arrays); method.md §11's extra filter when `fused`.
 
     fps_of: video -> fps, e.g. thumos14.video_fps(cfg.fps_file), a dict or a function.
-    Returns dict(videos [V] names, video [M] index into videos, start, end (seconds),
-    class_id (THUMOS14 id), score) of the M detections, in (video, class, priority) order.
+    class_list: the classes of score_1 .. score_K (classes.ClassList; a table of another width
+    is a ValueError). Returns dict(videos [V] names, video [M] index into videos, start, end
+    (seconds), class_id (the class list's id), score) of the M detections, in (video, class,
+    priority) order.
     """
     a = prediction_arrays(pred)
+    if len(a['scores']) != len(class_list.names) + 1:
+        raise ValueError(f'predictions table: {len(a["scores"])} score columns, but its classes are '
+                         f'{classes.brief(class_list)} (background + one score per class)')
+    repeat = repeated_classes(class_list)
+    class_ids = np.asarray((0,) + tuple(class_list.ids), np.int64)
     mask = np.ones(len(a['conf']), bool)
     if fused:
         mask &= a['scores'][0] < cfg.filter_neg_threshold_fuse
@@ -400,7 +423,7 @@ def detections(pred, cfg, fps_of, fused=False):
     def run(part):
         """Candidates, NMS and the kept in the release's NMS order ((video, class), score
         descending, later first) of some whole videos: a thread each, videos are independent."""
-        cand = _candidates(video, by_start[part], cls, val)
+        cand = _candidates(video, by_start[part], cls, val, repeat)
         row = cand['row']
         keep = nms_sorted(cand['group'], xmin[row], xmax[row], cand['score'], cand['tie'], cfg.nms_threshold,
                           threads=False)
@@ -408,7 +431,7 @@ def detections(pred, cfg, fps_of, fused=False):
         kept = kept[np.argsort(-cand['tie'][kept])]
         kept = kept[np.argsort(-cand['score'][kept], kind='stable')]
         kept = kept[np.argsort(_small_keys(cand['group'][kept]), kind='stable')]
-        return row[kept], cand['class_id'][kept], cand['score'][kept]
+        return row[kept], class_ids[cand['class_index'][kept]], cand['score'][kept]
     parts = in_threads(run, _group_parts(video[by_start]))
     kr, class_id, score = (np.concatenate([np.zeros(0, dtype)] + [p[i] for p in parts])
                            for i, dtype in enumerate((np.intp, np.int64, np.float64)))
@@ -430,14 +453,14 @@ def _video_codes(a, rows):
     return code, np.asarray(names, dtype=object)[used]
 
 
-def post_process(pred, cfg, fps_of, fused=False):
+def post_process(pred, cfg, fps_of, fused=False, class_list=THUMOS14_CLASSES):
     """method.md §10 on a predictions table (DataFrame or column arrays); method.md §11's extra filter when `fused`.
 
     fps_of: video -> fps, e.g. thumos14.video_fps(cfg.fps_file), a dict or a function.
     Returns a DataFrame of detections with columns video, start, end (seconds),
-    class_id (THUMOS14 id), score; order carries no meaning.
+    class_id (the id of class_list, THUMOS14's by default), score; order carries no meaning.
     """
-    return detections_frame(detections(pred, cfg, fps_of, fused))
+    return detections_frame(detections(pred, cfg, fps_of, fused, class_list))
 
 
 def detections_frame(det):
@@ -494,8 +517,36 @@ def write_detections(path, det):
             f.write(text)
 
 
-def process_file(pred_path, out_path, cfg, fps_of):
-    """Re-post-process an existing predictions CSV into a result file; returns the detections."""
-    det = detections(read_predictions(pred_path), cfg, fps_of)
-    write_detections(out_path, det)
+def write_results_json(path, det, class_list):
+    """Detections (a DataFrame as post_process returns, or detections() output) as the field's
+    ActivityNet-style results JSON, atomically: {"results": {video: [{"label": name, "segment":
+    [start_s, end_s], "score": p}, ...]}}, each video's best first, videos in first-seen order."""
+    frame = det if isinstance(det, pd.DataFrame) else detections_frame(det)
+    name_of = class_list.name_of_id()
+    rows = frame.iloc[np.argsort(-frame['score'].to_numpy(np.float64), kind='stable')]
+    results = {str(video): [] for video in pd.unique(frame['video'])}
+    for video, cid, start, end, score in zip(rows['video'].tolist(), rows['class_id'].tolist(),
+                                             rows['start'].tolist(), rows['end'].tolist(), rows['score'].tolist()):
+        results[str(video)].append({'label': name_of[cid], 'segment': [start, end], 'score': score})
+    with atomic_open(path, 'w') as f:
+        json.dump({'results': results}, f)
+
+
+def write_result_files(path, det, class_list, json_path=None):
+    """The result file `path` (detections() output, with the class list's ids), its class list
+    beside it for classes other than THUMOS14's (absent: THUMOS14's; a stale one is removed) and,
+    when json_path is given, the ActivityNet-style results JSON."""
+    classes.write_beside(path, class_list, implied=THUMOS14_CLASSES)
+    write_detections(path, det)
+    if json_path:
+        write_results_json(json_path, det, class_list)
+
+
+def process_file(pred_path, out_path, cfg, fps_of, json_path=None):
+    """Re-post-process an existing predictions CSV (of the classes beside it, else THUMOS14's)
+    into a result file, its class list beside it and, when json_path is given, the results JSON;
+    returns the detections."""
+    pred, class_list = read_predictions_and_classes(pred_path)
+    det = detections(pred, cfg, fps_of, class_list=class_list)
+    write_result_files(out_path, det, class_list, json_path)
     return detections_frame(det)

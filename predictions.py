@@ -1,6 +1,10 @@
 """The predictions table (docs/method.md §2): one row per anchor per window, the columns
-video_name, start, conf, xmin, xmax, score_0 .. score_20 and, last, the anchor's index in
-its window; its CSV writer (the release's bytes, through pyarrow) and its reader.
+video_name, start, conf, xmin, xmax, score_0 .. score_K (background, then the K classes;
+THUMOS14: score_20) and, last, the anchor's index in its window; its CSV writer (the release's
+bytes, through pyarrow) and its reader.
+
+The classes of a predictions CSV: THUMOS14's, or those of the class list written beside it
+(classes.path_beside: predict_<run>.csv -> predict_<run>.classes.txt) for any other class set.
 
 test.py and detect.py write it; post-processing and fusion (postprocess.py) read it.
 """
@@ -12,38 +16,59 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+import classes
 import thumos14
 from fileio import atomic_open, atomic_path
-from thumos14 import NUM_CLASSES
 
-SCORE_COLUMNS = [f'score_{k}' for k in range(NUM_CLASSES)]
-PRED_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax'] + SCORE_COLUMNS
+
+def score_columns(num_scores):
+    """score_0 (background) .. score_{num_scores - 1}."""
+    return [f'score_{k}' for k in range(num_scores)]
+
+
+def pred_columns(num_scores):
+    return BASE_COLUMNS + score_columns(num_scores)
+
+
+BASE_COLUMNS = ['video_name', 'start', 'conf', 'xmin', 'xmax']
+SCORE_COLUMNS = score_columns(thumos14.NUM_CLASSES)   # THUMOS14's: background + 20 classes
+PRED_COLUMNS = pred_columns(thumos14.NUM_CLASSES)
 # Optional last column: the anchor's index inside its window (0..A-1), so that fusion can
 # check that both streams list the same anchors in the same order. The release's files lack it.
 ANCHOR_COLUMN = 'anchor'
+
+
+def num_scores(columns):
+    """K + 1: the number of score_0, score_1, ... columns, in a row from score_0."""
+    have, k = set(columns), 0
+    while f'score_{k}' in have:
+        k += 1
+    return k
 
 
 def prediction_arrays(pred):
     """Column arrays of a predictions table given as a DataFrame or a dict, without copying
     what is float64 already (a DataFrame's columns come as views).
 
-    A dict may hold `scores` [N, K] instead of the K = NUM_CLASSES score_k columns.
+    A dict may hold `scores` [N, K + 1] instead of the score_k columns; a table has at least
+    score_0 and score_1.
     Returns dict(video_name [N] as given, video_code [N] and videos [V]: pd.factorize of the
     names (code -1: a missing name), start [N] int64, conf, xmin, xmax [N] float64,
     scores: a list of the K score columns, each [N] float64).
     """
     if isinstance(pred, pd.DataFrame):
-        missing = [c for c in PRED_COLUMNS if c not in pred.columns]
+        missing = [c for c in pred_columns(max(num_scores(pred.columns), 2)) if c not in pred.columns]
         if missing:
             raise ValueError(f'predictions table lacks columns {missing}')
-        scores = [pred[c].to_numpy(np.float64) for c in SCORE_COLUMNS]
+        scores = [pred[c].to_numpy(np.float64) for c in score_columns(num_scores(pred.columns))]
     elif 'scores' in pred:
         block = np.asarray(pred['scores'], dtype=np.float64)
-        if block.ndim != 2 or block.shape[1] != NUM_CLASSES:
-            raise ValueError(f'predictions table: scores must be [N, {NUM_CLASSES}], got {block.shape}')
-        scores = [block[:, k] for k in range(NUM_CLASSES)]
+        if block.ndim != 2 or block.shape[1] < 2:
+            raise ValueError(f'predictions table: scores must be [N, K + 1] (background and K >= 1 classes), '
+                             f'got {block.shape}')
+        scores = [block[:, k] for k in range(block.shape[1])]
     else:
-        scores = [np.asarray(pred[c], dtype=np.float64) for c in SCORE_COLUMNS]
+        scores = [np.asarray(pred[c], dtype=np.float64) for c in score_columns(max(num_scores(pred), 2))]
     names = pred['video_name']
     code, videos = pd.factorize(names if isinstance(names, pd.Series) else np.asarray(names, dtype=object))
     out = dict(video_name=names, video_code=code, videos=np.asarray(videos, dtype=object),
@@ -52,7 +77,7 @@ def prediction_arrays(pred):
                xmin=np.asarray(pred['xmin'], dtype=np.float64),
                xmax=np.asarray(pred['xmax'], dtype=np.float64))
     n = len(code)
-    for key, value in list(out.items())[3:] + [(c, s) for c, s in zip(SCORE_COLUMNS, scores)]:
+    for key, value in list(out.items())[3:] + [(c, s) for c, s in zip(score_columns(len(scores)), scores)]:
         if len(value) != n:
             raise ValueError(f'predictions table: column {key} has {len(value)} rows, video_name has {n}')
     out['scores'] = scores
@@ -81,49 +106,74 @@ def predictions_frame(arrays, anchors_per_window=None):
     # would be transposed and copied (20x slower for the test set's 714k rows).
     return pd.DataFrame({'video_name': arrays['video_name'], 'start': arrays['start'],
                          'conf': arrays['conf'], 'xmin': arrays['xmin'], 'xmax': arrays['xmax'],
-                         **{name: scores[:, i] for i, name in enumerate(SCORE_COLUMNS)}, **extra}, copy=False)
+                         **{name: scores[:, i] for i, name in enumerate(score_columns(scores.shape[1]))},
+                         **extra}, copy=False)
 
 
 def read_predictions(path):
-    """Read and validate a predictions CSV; ValueError naming the file and line on bad input.
+    """Read and validate a predictions CSV; ValueError naming the file and line on bad input,
+    score columns that do not fit its classes (class_list_of) included.
 
     The optional last column `anchor` (anchor index in the window) is kept when present.
     pandas' C reader, not pyarrow's: on the test set's 714k rows it is the faster of the two
     here (0.8 s against 1.2 s on 2 cores), and it names the first bad line of a broken file.
     """
+    return read_predictions_and_classes(path)[0]
+
+
+def read_predictions_and_classes(path):
+    """(read_predictions(path), its classes (class_list_of))."""
     if not os.path.isfile(path):
         raise ValueError(f'{path}: predictions file not found')
+    class_list = class_list_of(path)
     thumos14.check_text_file(path, 'predictions file', f'a CSV with the header {",".join(PRED_COLUMNS[:6])},...')
     try:
         # Blank lines kept (as empty rows) so that row i is file line i + 2 in error messages.
         df = pd.read_csv(path, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
-        raise ValueError(f'{path}: empty file, expected a header line {",".join(PRED_COLUMNS)}') from None
+        raise ValueError(f'{path}: empty file, expected a header line '
+                         f'{",".join(pred_columns(len(class_list.names) + 1))}') from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ValueError(f'{path}: not a predictions CSV: {err}') from None
     except ValueError as err:   # e.g. NUL bytes or a broken encoding that pandas reports so
         raise ValueError(f'{path}: not a predictions CSV: {err}') from None
-    df = _checked_predictions(df, path)
+    df = _checked_predictions(df, path, class_list)
     _warn_scattered_windows(df, path)
-    return df
+    return df, class_list
 
 
-def _checked_predictions(df, path):
-    """The table read from `path` with its columns typed; the first bad line is an error.
+def class_list_of(path):
+    """The classes of the predictions CSV `path`: its class list beside it (classes.path_beside),
+    else THUMOS14's."""
+    return classes.read_beside(path, implied=thumos14.THUMOS14_CLASSES)
+
+
+def _checked_predictions(df, path, class_list):
+    """The table read from `path` with its columns typed; the first bad line is an error, and so
+    are score columns other than score_0 .. score_K of the K classes of class_list.
 
     Columns the reader typed float64 (int64 below 2^53) already are checked where they lie;
     only others are converted, so a good file's table is not copied.
     """
-    missing = [c for c in PRED_COLUMNS if c not in df.columns]
+    expected = pred_columns(len(class_list.names) + 1)
+    beside = classes.path_beside(path)
+    whose = (f'{classes.brief(class_list)}, its class list {beside}' if os.path.isfile(beside)
+             else f'THUMOS14\'s 20 classes, as no class list {beside} is beside it')
+    missing = [c for c in expected if c not in df.columns]
     if missing:
-        raise ValueError(f'{path}, line 1: missing columns {missing}; the header must be {",".join(PRED_COLUMNS)}')
+        raise ValueError(f'{path}, line 1: missing columns {missing}; the header must be {",".join(expected)} '
+                         f'(background + {whose})')
+    if num_scores(df.columns) > len(expected) - len(BASE_COLUMNS):
+        raise ValueError(f'{path}, line 1: {num_scores(df.columns)} score columns (score_0 .. '
+                         f'score_{num_scores(df.columns) - 1}), but the classes are {whose}: a predictions '
+                         f'file has background + one score per class')
     names = df['video_name']
     # Blank names: looked for among the distinct names first (a few hundred, not a row each).
     if names.isna().any() or any(str(v).strip() == '' for v in names.unique()):
         bad = names.isna().to_numpy() | (names.astype(str).str.strip() == '').to_numpy()
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f'{path}, line {i + 2}: empty video_name')
-    columns = PRED_COLUMNS + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else [])
+    columns = expected + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else [])
     for col in columns[1:]:
         integer = col in ('start', ANCHOR_COLUMN)
         values = df[col].to_numpy()
@@ -174,18 +224,25 @@ def _warn_scattered_windows(df, path):
                       f'check that the file is not two predictions files concatenated')
 
 
-def write_predictions(path, pred):
-    """Write a predictions table (DataFrame or column arrays) as the method.md §2 CSV, atomically.
+def write_predictions(path, pred, class_list=thumos14.THUMOS14_CLASSES):
+    """Write a predictions table (DataFrame or column arrays) as the method.md §2 CSV, atomically,
+    and for classes other than THUMOS14's their class list beside it (classes.path_beside; a
+    stale one is removed), so that a reader knows what score_k means.
 
     Floats are written in full precision (Python's repr), so reading the file back gives the
     same numbers. The bytes are those of the plain-Python writer below (which pandas' to_csv
     wrote before it); pyarrow's CSV writer produces them about 10x faster.
     """
     df = pred if isinstance(pred, pd.DataFrame) else predictions_frame(pred)
-    header = ','.join(PRED_COLUMNS + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else []))
-    table = _predictions_arrow_table(df)
+    columns = pred_columns(num_scores(df.columns))
+    if len(columns) != len(class_list.names) + 1 + len(BASE_COLUMNS):
+        raise ValueError(f'{path}: the table has {len(columns) - len(BASE_COLUMNS)} score columns, but its classes '
+                         f'are {classes.brief(class_list)} (background + one score per class)')
+    classes.write_beside(path, class_list, implied=thumos14.THUMOS14_CLASSES)
+    header = ','.join(columns + ([ANCHOR_COLUMN] if ANCHOR_COLUMN in df.columns else []))
+    table = _predictions_arrow_table(df, columns)
     if table is None:
-        _write_predictions_text(path, df, header)
+        _write_predictions_text(path, df, header, columns)
         return
     with atomic_path(path) as tmp:
         with pa.OSFile(tmp, 'wb') as sink:
@@ -193,7 +250,7 @@ def write_predictions(path, pred):
             pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style='none'))
 
 
-def _predictions_arrow_table(df):
+def _predictions_arrow_table(df, columns=None):
     """The predictions CSV's fields as pyarrow columns of text, or None when only the plain
     writer gives today's bytes: video names a CSV writer must quote (',', '"', line breaks),
     names that are not text, starts that are neither integers nor floats."""
@@ -210,13 +267,14 @@ def _predictions_arrow_table(df):
         start = float_text(start)                    # "256.0", as f'{256.0}'
     else:
         return None
-    columns = [video, start] + [float_text(df[c].to_numpy(np.float64)) for c in PRED_COLUMNS[2:]]
+    columns = columns or pred_columns(num_scores(df.columns))
+    arrays = [video, start] + [float_text(df[c].to_numpy(np.float64)) for c in columns[2:]]
     if ANCHOR_COLUMN in df.columns:
         anchor = df[ANCHOR_COLUMN].to_numpy()
         if anchor.dtype.kind not in 'iuf' or not np.isfinite(anchor).all():
             return None
-        columns.append(pa.array(anchor.astype(np.int64)))   # int(a), as the plain writer writes it
-    return pa.table(columns, names=[f'c{i}' for i in range(len(columns))])
+        arrays.append(pa.array(anchor.astype(np.int64)))   # int(a), as the plain writer writes it
+    return pa.table(arrays, names=[f'c{i}' for i in range(len(arrays))])
 
 
 def float_text(values):
@@ -244,10 +302,11 @@ def float_text(values):
     return pa.concat_arrays([text, extra]).take(pa.array(pick))
 
 
-def _write_predictions_text(path, df, header):
+def _write_predictions_text(path, df, header, columns=None):
     """The exact-bytes writer in plain Python (floats as repr), for tables pyarrow cannot write so."""
+    columns = columns or pred_columns(num_scores(df.columns))
     heads = [f'{video},{start},' for video, start in zip(df['video_name'].tolist(), df['start'].tolist())]
-    values = df[PRED_COLUMNS[2:]].to_numpy(np.float64).tolist()
+    values = df[columns[2:]].to_numpy(np.float64).tolist()
     if ANCHOR_COLUMN in df.columns:
         # The anchor index goes last, so the method.md §2 columns stay byte for byte as they are.
         tails = [f',{int(a)}\n' for a in df[ANCHOR_COLUMN].tolist()]

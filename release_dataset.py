@@ -11,6 +11,7 @@ data/gen_data_info.py writes window_info.log and gt.npz (write_split_info). What
     gt = load_train_gt(cfg)                           # training windows and their boxes
     starts, videos = test_windows(cfg)                # the test split's window list
     x = load_features(cfg, 'val', starts, videos)     # [W, 128, D]; mode concat: both streams side by side
+    classes = class_list(cfg)                         # THUMOS14's 20, with their official ids
 """
 import os
 import zipfile
@@ -25,7 +26,7 @@ from fileio import atomic_path
 from safe_pickle import safe_unpickle
 from sliding_windows import (ANNOTATION_COLUMNS, check_windows_against_annotation, is_training, make_gt,
                              make_windows, read_window_info, write_window_info)
-from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES, check_text_file, warn
+from thumos14 import CLASS_INDEX_OF_ID, NUM_CLASSES, THUMOS14_CLASSES, check_text_file, warn
 
 
 # --- the annotation CSV and the split's files ---
@@ -221,6 +222,14 @@ def load_train_gt(cfg):
         raise ValueError(f'{source}: window {i} is ({gt["start"][i]}, {gt["video"][i]}) but line {i + 1} of '
                          f'{info_path} is ({starts[i]}, {videos[i]})')
     return gt
+
+
+def class_list(cfg):
+    """THUMOS14's classes: the release's files carry THUMOS14 class ids."""
+    if cfg.class_list:
+        raise ValueError(f'class_list: {cfg.class_list} is given, but data_source=release holds THUMOS14\'s 20 '
+                         f'classes; a class list applies to a dataset in the JSON layout (data_source=i3d)')
+    return THUMOS14_CLASSES
 
 
 def test_windows(cfg, path=None):

@@ -1,16 +1,19 @@
-"""Run a trained checkpoint over every test window; write the predictions and the THUMOS14 result file.
+"""Run a trained checkpoint over every test window; write the predictions and the result files.
 
     python test.py --mode temporal --pretrain UCF101 --method decouple_ssad \\
         [--checkpoint PATH] [--features DIR] [--windows FILE] [--key=value ...]
     python test.py --predictions CSV --out TXT [--key=value ...]
 
 The first form loads the checkpoint (default: the newest models/<run>/model-ep-<e>.pt),
-predicts every window of the test list once (method.md §9) and writes
-results/predict_<run>.csv (one row per anchor per window) and the post-processed
-results/result_<run>.txt (method.md §10). --features takes a feature folder of any layout
+which must have been trained on the data's classes (load_data.class_list), predicts every
+window of the test list once (method.md §9) and writes results/predict_<run>.csv (one row
+per anchor per window), the post-processed results/result_<run>.txt (method.md §10; THUMOS14's
+class ids, or the data's with their class list beside it in result_<run>.classes.txt, and
+likewise predict_<run>.classes.txt) and the same detections as the ActivityNet-style
+results/result_<run>.json. --features takes a feature folder of any layout
 load_data reads (0.npy ... per window, packed.npy, <video>.npy) or a packed [W, 128, D]
 .npy file; --windows a window_info.log. The second form re-post-processes an existing
-predictions file without a model.
+predictions file (of the classes listed beside it, else THUMOS14's) without a model.
 """
 import argparse
 import os
@@ -18,6 +21,7 @@ import time
 
 import numpy as np
 
+import classes
 import config
 import load_data
 import postprocess
@@ -129,17 +133,20 @@ def load_windows_and_features(cfg, features=None, windows=None):
 
 
 def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=None, result_path=None, log=print):
-    """Checkpoint -> predictions CSV -> result file. Returns (predictions DataFrame, detections DataFrame).
+    """Checkpoint -> predictions CSV -> result files. Returns (predictions DataFrame, detections DataFrame).
 
-    Every check (checkpoint, method, feature width, data, output folder) happens before
-    anything is written; both outputs are written atomically.
+    Every check (checkpoint, method, classes, feature width, data, output folder) happens
+    before anything is written; every output is written atomically.
     """
     import checkpoints
     import operations
     config.check_config(cfg)
+    class_list = load_data.class_list(cfg)
+    cfg = config.with_classes(cfg, class_list)
     predict_path = predict_path or config.get_predict_result_path(cfg)
     result_path = result_path or config.get_result_path(cfg)
-    for path in (predict_path, result_path):
+    json_path = config.get_results_json_path(result_path)
+    for path in (predict_path, result_path, json_path):
         check_writable(path)
     checkpoint = checkpoint or newest_checkpoint(cfg)
     if not os.path.isfile(checkpoint):
@@ -150,35 +157,41 @@ def run_test(cfg, checkpoint=None, features=None, windows=None, predict_path=Non
     t0 = time.time()
     data = load_windows_and_features(cfg, features, windows)
     feats = data['features']
-    model, ckpt = checkpoints.load_model(checkpoint, cfg, device, feature_dim=feats.shape[2])
+    model, ckpt = checkpoints.load_model(checkpoint, cfg, device, feature_dim=feats.shape[2], class_list=class_list)
     log(f'{len(data["starts"])} test windows ({feats.shape[2]}-d features) loaded in {time.time() - t0:.1f} s; '
         f'model {checkpoint} (epoch {ckpt.get("epoch", "?")}) on {device}')
 
     t0 = time.time()
     pred = predict_windows(model, feats, data['starts'], data['videos'], cfg)
     log(f'predicted {len(pred):,} anchors in {time.time() - t0:.1f} s')
-    det = postprocess.post_process(pred, cfg, fps_of)
-    write_outputs(predict_path, pred, result_path, det)
-    log(f'wrote {predict_path} and {result_path} ({len(det):,} detections)')
+    det = postprocess.post_process(pred, cfg, fps_of, class_list=class_list)
+    write_outputs(predict_path, pred, result_path, det, class_list, json_path)
+    log(f'wrote {predict_path}, {result_path} and {json_path} ({len(det):,} detections of '
+        f'{classes.brief(class_list)})')
     return pred, det
 
 
-def write_outputs(predict_path, pred, result_path, det):
-    """Predictions CSV, then the result file derived from it, so that a reader never finds a
-    pair from two different runs: the old result goes first. Each file is written atomically,
-    so a failure (disk full between the two) leaves the new predictions without a result or
-    the old predictions without one, never a result that belongs to other predictions."""
+def write_outputs(predict_path, pred, result_path, det, class_list=thumos14.THUMOS14_CLASSES, json_path=None):
+    """Predictions CSV, then the result files derived from it (the result file, its class list
+    for classes other than THUMOS14's, the results JSON), so that a reader never finds a pair
+    from two different runs: the old results go first. Each file is written atomically, so a
+    failure (disk full between the two) leaves the new predictions without a result or the old
+    predictions without one, never a result that belongs to other predictions."""
     try:
-        if os.path.lexists(result_path):
-            os.remove(result_path)
+        for path in (result_path, json_path):
+            if path and os.path.lexists(path):
+                os.remove(path)
     except OSError as err:
-        raise ValueError(f'cannot replace {result_path}: {err.strerror or err}') from None
+        raise ValueError(f'cannot replace {path}: {err.strerror or err}') from None
     try:
-        predictions.write_predictions(predict_path, pred)
+        predictions.write_predictions(predict_path, pred, class_list)
     except ValueError as err:
         raise ValueError(f'{err}; the old {result_path} was removed, as it would not match') from None
     try:
+        classes.write_beside(result_path, class_list, implied=thumos14.THUMOS14_CLASSES)
         thumos14.write_results(result_path, det)
+        if json_path:
+            postprocess.write_results_json(json_path, det, class_list)
     except ValueError as err:
         raise ValueError(f'{err}; {predict_path} holds this run\'s predictions: rerun with '
                          f'--predictions {predict_path} to write the result') from None
@@ -202,10 +215,13 @@ def main(argv=None):
                 raise ValueError('--predictions re-post-processes a file; it takes no --checkpoint, '
                                  '--features or --windows')
             out = args.out or config.get_result_path(cfg)
+            json_path = config.get_results_json_path(out)
             check_writable(out)
+            check_writable(json_path)
             with postprocess.small_pages():
-                det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file))
-            print(f'wrote {out} ({len(det):,} detections from {args.predictions})')
+                det = postprocess.process_file(args.predictions, out, cfg, thumos14.video_fps(cfg.fps_file),
+                                               json_path)
+            print(f'wrote {out} and {json_path} ({len(det):,} detections from {args.predictions})')
         else:
             import torch
             torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))

@@ -71,7 +71,7 @@ def video_fps(fps_file=''):
     if not os.path.isfile(fps_file):
         raise ValueError(f'{fps_file}: fps file not found')
     if fps_file.endswith('.json'):
-        videos = read_annotation_json(fps_file)['videos']
+        videos = read_annotation_json(fps_file, class_list=None)['videos']   # any dataset's labels
         table.update(zip(videos['video'], videos['fps'].tolist()))
         return table
     check_text_file(fps_file, 'fps file', 'a CSV "video,fps"')

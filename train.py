@@ -1,4 +1,5 @@
-"""Train the main-stream SSAD or Decouple-SSAD on one feature stream of THUMOS14.
+"""Train the main-stream SSAD or Decouple-SSAD on one feature stream of THUMOS14 (or any dataset
+load_data reads: the model gets one output per class of the data, load_data.class_list).
 
     python train.py --mode temporal --pretrain UCF101 --method decouple_ssad
     python train.py ... --fresh                   # start over instead of resuming
@@ -36,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import checkpoints
+import classes
 import config
 import fileio
 import load_data
@@ -247,7 +249,7 @@ def training_tensors(cfg, data, device):
     return {key: torch.as_tensor(data[key]).to(device) for key in ('features', 'gt_label', 'gt_box', 'gt_valid')}
 
 
-def newest_readable_checkpoint(run_dir, cfg, feature_dim, log=print):
+def newest_readable_checkpoint(run_dir, cfg, feature_dim, class_list, log=print):
     """(checkpoint dict, path) of the newest checkpoint that reads and fits cfg, or (None, None).
 
     An unreadable one (a crash mid-write on another file system, a damaged disk) is skipped
@@ -263,7 +265,7 @@ def newest_readable_checkpoint(run_dir, cfg, feature_dim, log=print):
             continue
         try:
             checkpoints.check_checkpoint(ckpt, path, cfg, feature_dim,
-                                         features=f'the data of {cfg.mode}/{cfg.pretrain}')
+                                         features=f'the data of {cfg.mode}/{cfg.pretrain}', class_list=class_list)
         except ValueError as err:
             raise ValueError(f'{err}; rerun with --fresh to start over') from None
         return ckpt, path
@@ -409,10 +411,12 @@ def train(cfg, fresh=False, data=None, progress=True):
     checkpoint that does not fit, and when another process trains the same run.
     """
     config.check_config(cfg)
+    class_list = load_data.class_list(cfg)
+    cfg = config.with_classes(cfg, class_list)   # num_classes: background + the data's classes
     device, rank, world, started = setup_device(cfg)
     try:
         if rank != 0:
-            return _train(cfg, fresh, data, progress, device, rank, world)
+            return _train(cfg, fresh, data, progress, device, rank, world, class_list)
         # A read-only or missing models/ or logs/ fails now, not after the first epoch.
         run_dir = config.get_models_dir(cfg)
         for path in (os.path.join(run_dir, 'config.json'), checkpoints.checkpoint_path(run_dir, 0),
@@ -420,13 +424,13 @@ def train(cfg, fresh=False, data=None, progress=True):
             fileio.check_writable(path)
         # One training per run folder: a second one is refused instead of mixing two runs.
         with fileio.folder_lock(config.get_models_dir(cfg), 'training run'):
-            return _train(cfg, fresh, data, progress, device, rank, world)
+            return _train(cfg, fresh, data, progress, device, rank, world, class_list)
     finally:
         if started:
             dist.destroy_process_group()
 
 
-def _train(cfg, fresh, data, progress, device, rank, world):
+def _train(cfg, fresh, data, progress, device, rank, world, class_list):
     master = rank == 0
     log = print if master and progress else (lambda *a: None)
     t_start = time.time()
@@ -436,7 +440,7 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         f'in {time.time() - t_start:.1f} s')
 
     ckpt, ckpt_path = (None, None) if fresh else newest_readable_checkpoint(
-        config.get_models_dir(cfg), cfg, feature_dim, print if master else log)
+        config.get_models_dir(cfg), cfg, feature_dim, class_list, print if master else log)
     if ckpt and ckpt['epoch'] + 1 >= cfg.training_epochs:
         if master:
             print(f'{cfg.run_name}: training is complete ({ckpt["epoch"] + 1} epochs, {cfg.training_epochs} '
@@ -471,12 +475,12 @@ def _train(cfg, fresh, data, progress, device, rank, world):
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
     step = Step(model, loss_fn, optimizer, tensors, cfg, rank, world)
     graph_step = CudaGraphStep(step, cfg.batch_size, print if master else log) if use_graph else None
-    return run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim,
+    return run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, class_list,
                       ckpt['epoch'] + 1 if ckpt else 0, master, progress, world, t_start)
 
 
-def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, start_epoch, master, progress, world,
-               t_start):
+def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, class_list, start_epoch, master, progress,
+               world, t_start):
     """The epoch loop: learning rate, one pass, checks, checkpoint and log line."""
     log_path, writer = config.get_log_path(cfg), CheckpointWriter()
     result, seconds = None, []
@@ -497,7 +501,7 @@ def run_epochs(cfg, step, graph_step, generator, raw_model, feature_dim, start_e
                 state = lambda: {  # noqa: E731 - built only for the epochs that write one
                     'model': raw_model.state_dict(), 'optimizer': step.optimizer.state_dict(), 'epoch': epoch,
                     'method': cfg.method, 'feature_dim': feature_dim, 'config': cfg.to_dict(),
-                    'losses': losses, 'rng': rng_state(generator)}
+                    'classes': classes.as_dict(class_list), 'losses': losses, 'rng': rng_state(generator)}
                 path, line = end_epoch(cfg, epoch, losses, state, writer, log_path)
                 if progress:
                     tqdm.write(f'{line} ({speed:.1f} windows/s)')

@@ -75,7 +75,7 @@ def no_ground_truth():
 
 
 def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score=0.0, top=20, subset='test',
-                  num_videos=3, duration=None, gt=None):
+                  num_videos=3, duration=None, gt=None, class_list=None):
     """Draw the timeline PNG; returns `out`.
 
     result: a result-file path or a DataFrame(video, start, end, class_id, score) in seconds.
@@ -83,13 +83,16 @@ def plot_timeline(result, gt_dir, videos=None, out='fig/timeline.png', min_score
     detclasslist.txt), or None for videos without annotations. videos: names to show
     (default: the `num_videos` with most detections). duration: length of the time axis
     in seconds (default: the last interval shown). gt: the ground truth as evaluate.read_ground_truth
-    returns it, instead of reading gt_dir.
+    returns it, instead of reading gt_dir. class_list: the classes of videos without ground truth
+    (a classes.ClassList; default THUMOS14's).
     """
     det = thumos14.read_results(result) if isinstance(result, (str, os.PathLike)) else result
     source = str(result) if isinstance(result, (str, os.PathLike)) else 'detections'
     annotated = gt is not None or bool(gt_dir)
     if gt is None:
         gt = evaluate.read_ground_truth(gt_dir, subset) if gt_dir else no_ground_truth()
+        if class_list is not None and not gt_dir:
+            gt.update(class_ids=np.asarray(class_list.ids, np.int64), class_names=list(class_list.names))
     class_ids = np.asarray(gt['class_ids']).tolist()
     names = dict(zip(class_ids, gt['class_names']))
     if set(names.items()) <= set(thumos14.CLASS_NAME_OF_ID.items()):   # THUMOS14's classes (or none)

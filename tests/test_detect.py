@@ -9,6 +9,7 @@ import torch
 cv2 = pytest.importorskip('cv2', reason='install requirements-extract.txt')  # CI installs it
 
 from checkpoints import build_model  # noqa: E402
+import classes  # noqa: E402
 import config as C  # noqa: E402
 from data import extract_features as ef  # noqa: E402
 import detect  # noqa: E402
@@ -126,3 +127,28 @@ def test_clear_errors(video, checkpoints, tmp_path, make_config):
     with pytest.raises(SystemExit, match='not found'):
         run([tmp_path / 'missing.mp4', '--checkpoint', spatial])
     assert not (tmp_path / 'o').exists()    # nothing extracted before the checks
+
+
+def test_a_checkpoint_of_other_classes_detects_under_their_names(video, checkpoints, tmp_path, make_config, capsys):
+    names = ('pour', 'stir', 'chop')
+    cfg = C.with_classes(make_config(mode='temporal', method='main_stream', pretrain='tiny', seed=3),
+                         classes.ClassList(names, (1, 2, 3)))
+    torch.manual_seed(cfg.seed)
+    path = tmp_path / 'toy.pt'
+    torch.save({'model': build_model(cfg, DIM).state_dict(), 'method': cfg.method, 'feature_dim': DIM,
+                'config': cfg.to_dict(), 'epoch': 1, 'classes': {'names': list(names), 'ids': [1, 2, 3]}}, path)
+    out = tmp_path / 'out'
+    assert run([video, '--checkpoint', path, '--out', out, '--filter_conf_threshold=-1e9',
+                '--filter_neg_threshold=1.0']) == 0
+    dets = json.loads((out / 'detections.json').read_text())['detections']
+    assert dets and {d['label'] for d in dets} <= set(names)
+    assert all(d['label'] == names[d['class_id'] - 1] for d in dets)
+    assert dets[0]['label'] in capsys.readouterr().out   # the best ones are printed by name
+    assert classes.read_class_list(out / 'detections.classes.txt').names == names
+    assert predictions.read_predictions_and_classes(out / 'predict_temporal.csv')[1].names == names
+    # beside a spatial checkpoint of THUMOS14's classes: refused in one line, before any extraction
+    with pytest.raises(SystemExit) as err:
+        run([video, '--checkpoint', path, '--checkpoint-spatial', checkpoints[1], '--out', tmp_path / 'o'])
+    message = str(err.value)
+    assert '\n' not in message and '3 classes (pour, stir, chop)' in message and '20 classes' in message
+    assert not (tmp_path / 'o').exists()

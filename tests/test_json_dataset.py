@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import classes
 import config
 import evaluate
 import json_dataset
@@ -182,7 +183,6 @@ def test_refusals(small):
         ({'video_validation_1': dict(ok, annotations=[{'segment': [1, 2]}])}, 'label'),
         ({'video_validation_1': dict(ok, annotations=[{'label': 'HighJump'}])}, 'segment'),
         ({'video_validation_1': dict(ok, annotations=[{'label': 'HighJump', 'segment': [1]}])}, 'segment'),
-        ({'video_validation_1': dict(ok, annotations=[{'label': 'Juggling', 'segment': [1, 2]}])}, 'label'),
         ({'video_validation_1': dict(ok, annotations=[{'label': 'HighJump', 'segment': [-1, 2]}])}, 'segment'),
         ({'video_validation_1': dict(ok, annotations=[{'label': 'HighJump', 'segment': [5, 4]}])}, 'segment'),
         ({'video_validation_1': dict(ok, annotations=[{'label': 'HighJump', 'segment': [1, 2], 'label_id': 3}])},
@@ -190,6 +190,13 @@ def test_refusals(small):
     ]
     for database, field in cases:
         refuse(root, database, {'video_validation_1': feats['video_validation_1']}, 'video_validation_1', field)
+    # A label outside the class-list file the config names (without one, the JSON's labels are the classes).
+    classes.write_class_list(root / 'classes.txt', thumos14.THUMOS14_CLASSES)
+    write_dataset(root, {'video_validation_1': dict(ok, annotations=[{'label': 'Juggling', 'segment': [1, 2]}])},
+                  {'video_validation_1': feats['video_validation_1']})
+    with pytest.raises(ValueError) as err:
+        json_dataset.read_split(i3d_config(root, class_list=str(root / 'classes.txt')), 'val')
+    assert 'video_validation_1' in str(err.value) and 'label' in str(err.value) and '\n' not in str(err.value)
     (root / 'anno.json').write_text(json.dumps({'videos': {}}))
     with pytest.raises(ValueError, match="missing field 'database'"):
         json_dataset.read_split(i3d_config(root), 'val')
