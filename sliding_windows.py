@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from fileio import atomic_open
-from thumos14 import CLASS_INDEX_OF_ID, check_text_file, warn
+from thumos14 import CLASS_IDS, check_text_file, warn
 
 ANNOTATION_COLUMNS = ('video', 'type', 'type_idx', 'startFrame', 'endFrame', 'frame_num')
 TRIM_FRAMES = 9        # the released window generator ignores the last 9 frames of every video
@@ -54,12 +54,13 @@ def candidate_windows(anno_df, training, cfg):
     return starts, names[video_of]
 
 
-def make_gt(anno_df, starts, videos, cfg):
+def make_gt(anno_df, starts, videos, cfg, class_ids=CLASS_IDS):
     """Boxes of the instances each window keeps (> cfg.overlap_ratio_threshold inside).
 
-    Returns dict(start [W], video [W], offsets [W+1], label [M] (1..20), box [M,3] float32
-    (xmin, xmax, overlap ratio), xmin/xmax normalised to the window). Instances of a window
-    keep the annotation file's order."""
+    Returns dict(start [W], video [W], offsets [W+1], label [M] (1..K: the position of type_idx
+    in `class_ids`, THUMOS14's 20 ids by default), box [M,3] float32 (xmin, xmax, overlap
+    ratio), xmin/xmax normalised to the window). Instances of a window keep the annotation
+    file's order."""
     starts = np.asarray(starts, dtype=np.int64)
     videos = np.asarray(videos, dtype=str)
     if len(starts) != len(videos):
@@ -84,22 +85,27 @@ def make_gt(anno_df, starts, videos, cfg):
     win, inst, ratio = win[keep], inst[keep], ratio[keep]
     box = np.stack([(np.maximum(s[keep], w0[keep]) - w0[keep]) / cfg.window_size,
                     (np.minimum(e[keep], w1[keep]) - w0[keep]) / cfg.window_size, ratio], axis=1)
-    id_to_index = np.zeros(max(CLASS_INDEX_OF_ID) + 1, dtype=np.int64)
-    id_to_index[list(CLASS_INDEX_OF_ID)] = list(CLASS_INDEX_OF_ID.values())
-    label = id_to_index[anno['type_idx'].to_numpy(np.int64)[inst]]
+    ids = np.asarray(class_ids, np.int64)
+    order_of_ids = np.argsort(ids, kind='stable')
+    type_idx = anno['type_idx'].to_numpy(np.int64)[inst]
+    at = order_of_ids[np.clip(np.searchsorted(ids, type_idx, sorter=order_of_ids), 0, len(ids) - 1)]
+    if len(type_idx) and not np.array_equal(ids[at], type_idx):
+        bad = type_idx[ids[at] != type_idx][0]
+        raise ValueError(f'class id {bad} of an instance is not one of the class ids {ids.tolist()}')
+    label = at + 1
     offsets = np.concatenate([[0], np.cumsum(np.bincount(win, minlength=len(starts)))]).astype(np.int64)
     return dict(start=starts, video=videos, offsets=offsets, label=label, box=box.astype(np.float32))
 
 
-def make_windows(anno_df, split, cfg):
+def make_windows(anno_df, split, cfg, class_ids=CLASS_IDS):
     """method.md §3 windows of a split: (starts int64 [W], videos str [W]).
 
     `split` is 'val' / 'test' (cfg.train_split_set / cfg.test_split_set) or training=True/False.
-    Training windows are the candidates that keep at least one instance."""
+    Training windows are the candidates that keep at least one instance (of `class_ids`, make_gt)."""
     training = is_training(split, cfg)
     starts, videos = candidate_windows(anno_df, training, cfg)
     if training:
-        has_box = np.diff(make_gt(anno_df, starts, videos, cfg)['offsets']) > 0
+        has_box = np.diff(make_gt(anno_df, starts, videos, cfg, class_ids)['offsets']) > 0
         starts, videos = starts[has_box], videos[has_box]
     return starts, videos
 
