@@ -107,7 +107,16 @@ class Config:
         return f'{self.mode}_{self.pretrain}_{self.method}'
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        # Strings copied: a value equal to another field's (mode spatial, streams spatial) is then
+        # never the same object, so a pickled config (a checkpoint's) is the same bytes whether its
+        # values came from a command line or from the pipeline's own constants.
+        return {key: _fresh_copy(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _fresh_copy(value):
+    if isinstance(value, tuple):
+        return tuple(_fresh_copy(v) for v in value)
+    return (value + '.')[:-1] if isinstance(value, str) else value
 
 
 MODES = ('temporal', 'spatial', 'concat')
