@@ -25,14 +25,14 @@ class Config:
     method: str = 'decouple_ssad'      # main_stream | decouple_ssad
 
     # --- data ---
-    data_source: str = 'release'       # release: the folders below | json: the field's JSON + <video>.npy (§15; 'i3d' = json)
+    data_source: str = 'release'       # release: the folders below | json (or i3d): the field's JSON + <video>.npy (§15)
     data_dir: str = 'data/thumos14'    # <data_dir>/<split>/{thumos14_<split>_annotation.csv, window_info.log, gt.npz}
     feature_path: str = 'data/THUMOS14/feature'  # <feature_path>/<split>/<mode>DataX<pretrain>/{0.npy.. | packed .npy | <video>.npy}
     eval_gt_dir: str = 'data/thumos14/eval_annotation'  # <Class>_test.txt, Ambiguous_test.txt, detclasslist.txt
     fps_file: str = ''                 # optional CSV "video,fps" (or a JSON); others: thumos14.FPS_EXCEPTIONS, then 30
                                        # (empty with data_source=json: the fps of annotation_json)
     # data_source=json (docs/method.md §15); the defaults are THUMOS14 with the field's two-stream I3D features
-    annotation_json: str = 'data/thumos/annotations/thumos14.json'  # {"database": {video: {subset, duration, fps, ...}}}
+    annotation_json: str = 'data/thumos/annotations/thumos14.json'  # {"database": {video: {subset, duration, ...}}}
     feature_dir: str = 'data/thumos/i3d_features'   # <video>.npy [T, D], one clip of clip_frames every frames_per_step
     spatial_channels: tuple = (0, 1024)      # [lo, hi) of the RGB stream in each step
     temporal_channels: tuple = (1024, 2048)  # [lo, hi) of the flow stream; files are max(hi) wide
@@ -336,8 +336,8 @@ def _json_problems(cfg):
         if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) and n for n in names):
             problems.append(f'{name}: {names!r}; use one or more subset names of the JSON, comma-separated')
     if not problems and set(cfg.train_subsets) & set(cfg.test_subsets):
-        problems.append(f'train_subsets and test_subsets share {sorted(set(cfg.train_subsets) & set(cfg.test_subsets))}:'
-                        f' the test would score videos the model trained on')
+        shared = sorted(set(cfg.train_subsets) & set(cfg.test_subsets))
+        problems.append(f'train_subsets and test_subsets share {shared}: the test would score videos the model trained on')
     return problems + _channel_problems(cfg, streams if set(streams) <= set(STREAMS) else STREAMS)
 
 

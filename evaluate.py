@@ -92,10 +92,11 @@ def read_ground_truth(gt_dir, subset='test', protocol=None):
 
 def read_json_ground_truth(path, subset='test'):
     """The field's annotation JSON as ground truth: the instances of its videos of `subset` (test =
-    the JSON's Test; else the JSON's subset names, comma-separated), as read_ground_truth returns them (before a protocol), instances as in the file
+    the JSON's Test), as read_ground_truth returns them (before a protocol), instances as in the file
     (also those reaching past their video's end, as ActionFormer's and TriDet's evaluators keep them:
     column past_end). Classes: THUMOS14's in detclasslist order when every label is a THUMOS14 class,
-    else the file's labels (thumos14.json_class_list; result files then carry ids 1..K).
+    else the file's labels (thumos14.json_class_list; result files then carry ids 1..K). `subset`
+    may also be the JSON's own subset names, comma-separated (config test_subsets).
 
     The field's JSONs hold no Ambiguous interval (only intervals labelled Ambiguous would be), so
     the kit metric then drops no detection: one on an interval the kit's files call Ambiguous is a

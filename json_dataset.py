@@ -242,8 +242,8 @@ def _length_message(cfg, video, steps, count):
             f'do not fit the video: field duration {video["duration"]:g} s at field fps {video["fps"]:g} is '
             f'{video["frame_num"]} frames, {expected} steps of {f} frames (frames_per_step) with {c}-frame clips '
             f'(clip_frames), within {length_slack(cfg)} frames; the file\'s length would mean '
-            f'{seen_frames / video["duration"]:.2f} fps, or {(video["frame_num"] - c) / max(steps - 1, 1):.2f} frames a '
-            f'step, or a truncated extraction. Check fps, frames_per_step and the extraction'
+            f'{seen_frames / video["duration"]:.2f} fps, or '
+            f'{(video["frame_num"] - c) / max(steps - 1, 1):.2f} frames a step, or a truncated extraction. Check fps, frames_per_step and the extraction'
             + (f' ({count} such videos)' if count > 1 else ''))
 
 

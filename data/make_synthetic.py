@@ -500,8 +500,8 @@ def main():
           f'{time.time() - t:.1f} s')
     if info['layout'] == 'i3d':
         half = info['dim'] // 2
-        print(f'use: --data_source=i3d --i3d_annotation={args.out}/{I3D_JSON} '
-              f'--i3d_feature_dir={args.out}/{I3D_FEATURES} --i3d_spatial_channels=0,{half} --i3d_temporal_channels={half},{info["dim"]}')
+        print(f'use: --data_source=json --annotation_json={args.out}/{I3D_JSON} '
+              f'--feature_dir={args.out}/{I3D_FEATURES} --spatial_channels=0,{half} --temporal_channels={half},{info["dim"]}')
         return
     print(f'use: --data_dir={args.out}/thumos14 --feature_path={args.out}/feature '
           f'--eval_gt_dir={args.out}/thumos14/eval_annotation --pretrain={args.pretrain} '

@@ -23,7 +23,7 @@ DIM = 8   # channels per stream in the hand-made files
 
 
 def i3d_config(root, dim=DIM, **kw):
-    cfg = build_config(data_source='i3d', annotation_json=str(root / 'anno.json'),
+    cfg = build_config(data_source='json', annotation_json=str(root / 'anno.json'),
                        feature_dir=str(root / 'feat'), spatial_channels=(0, dim),
                        temporal_channels=(dim, 2 * dim), **kw)
     return config.resolve_defaults(cfg)
@@ -95,7 +95,7 @@ def test_json_reader_splits_frames_and_fps(small):
     anno, videos = json_dataset.read_split(cfg, 'test')
     assert anno[['startFrame', 'endFrame']].to_numpy().tolist() == [[250, 300], [750, 830]]   # at 25 fps
     assert videos['steps'].tolist() == [(1200 - 16) // 4 + 1]
-    # The fps table comes from the JSON: with data_source=i3d and no fps_file, test.py and fuse.py use it.
+    # The fps table comes from the JSON: with data_source=json and no fps_file, test.py and fuse.py use it.
     assert cfg.fps_file == cfg.annotation_json
     assert thumos14.video_fps(cfg.fps_file)['video_test_1'] == 25.0
     with pytest.raises(ValueError, match='no subset'):

@@ -82,7 +82,8 @@ def kitchen(tmp_path_factory):
     root = tmp_path_factory.mktemp('kitchen')
     info = make_json_synthetic(str(root), seed=1, class_names=CLASSES, fps=25.0, frames_per_step=8, clip_frames=16,
                                dim=16, num_videos=24)
-    data = ['--data_source=json', f'--annotation_json={root / JSON_ANNOTATION}', f'--feature_dir={root / JSON_FEATURES}',
+    data = ['--data_source=json', f'--annotation_json={root / JSON_ANNOTATION}',
+            f'--feature_dir={root / JSON_FEATURES}',
             '--spatial_channels=0,16', '--temporal_channels=16,32', '--frames_per_step=8', '--clip_frames=16',
             '--train_subsets=training', '--test_subsets=testing']
     return root, info, data
@@ -313,7 +314,8 @@ def test_own_annotations_csv_becomes_the_json(tmp_path, capsys):
     db = json.loads(out.read_text())['database']
     assert list(db) == ['kitchen_1', 'kitchen_2', 'kitchen_3', 'kitchen_4']
     assert [d['subset'] for d in db.values()].count('testing') == 1
-    assert db['kitchen_2']['duration'] == 100.0 and db['kitchen_2']['fps'] == 25.0 and db['kitchen_3']['annotations'] == []
+    assert db['kitchen_2']['duration'] == 100.0 and db['kitchen_2']['fps'] == 25.0
+    assert db['kitchen_3']['annotations'] == []
     assert db['kitchen_1']['annotations'][1] == dict(label='stir', segment=[10.0, 20.25], label_id=1)
     read = thumos14.read_annotation_json(str(out), class_list=None)
     assert read['classes'].names == ('pour', 'stir') and len(read['instances']) == 4
