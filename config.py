@@ -26,24 +26,30 @@ class Config:
     method: str = 'decouple_ssad'      # main_stream | decouple_ssad
 
     # --- data ---
-    data_source: str = 'release'       # release: the folders below | i3d: the field's JSON + <video>.npy (§15)
+    data_source: str = 'release'       # release: the folders below | json (or i3d): the field's JSON + <video>.npy (§15)
     data_dir: str = 'data/thumos14'    # <data_dir>/<split>/{thumos14_<split>_annotation.csv, window_info.log, gt.npz}
     feature_path: str = 'data/THUMOS14/feature'  # <feature_path>/<split>/<mode>DataX<pretrain>/{0.npy.. | packed .npy | <video>.npy}
     eval_gt_dir: str = 'data/thumos14/eval_annotation'  # <Class>_test.txt, Ambiguous_test.txt, detclasslist.txt
     fps_file: str = ''                 # optional CSV "video,fps" (or a JSON); others: thumos14.FPS_EXCEPTIONS, then 30
-                                       # (empty with data_source=i3d: the fps of i3d_annotation)
-    i3d_annotation: str = 'data/thumos/annotations/thumos14.json'  # {"database": {video: {subset, duration, ...}}}
-    i3d_feature_dir: str = 'data/thumos/i3d_features'   # <video>.npy [T, 2048], one 16-frame clip every 4 frames
-    i3d_spatial_channels: tuple = (0, 1024)      # [lo, hi) of the RGB stream in each step
-    i3d_temporal_channels: tuple = (1024, 2048)  # [lo, hi) of the flow stream; files are max(hi) wide
-    class_list: str = ''               # optional `id name` file of the classes (data_source=i3d); empty: the
+                                       # (empty with data_source=json: the fps of annotation_json)
+    # data_source=json (docs/method.md §15); the defaults are THUMOS14 with the field's two-stream I3D features
+    annotation_json: str = 'data/thumos/annotations/thumos14.json'  # {"database": {video: {subset, duration, ...}}}
+    feature_dir: str = 'data/thumos/i3d_features'   # <video>.npy [T, D], one clip of clip_frames every frames_per_step
+    spatial_channels: tuple = (0, 1024)      # [lo, hi) of the RGB stream in each step
+    temporal_channels: tuple = (1024, 2048)  # [lo, hi) of the flow stream; files are max(hi) wide
+    streams: tuple = ('temporal', 'spatial')  # the streams the features hold: both (late fusion), or one (no fusion)
+    frames_per_step: int = 4           # video frames between feature steps (THUMOS14 I3D: 4; others 8, 16, ...)
+    clip_frames: int = 16              # video frames one step sees (I3D: 16; 4 = one frame / flow stack per step)
+    train_subsets: tuple = ('Validation',)  # the JSON's subsets to train on (ActivityNet: training)
+    test_subsets: tuple = ('Test',)    # the JSON's subsets to test and evaluate on (ActivityNet: validation)
+    class_list: str = ''               # optional `id name` file of the classes (data_source=json); empty: the
                                        # data's own (the JSON's labels; THUMOS14's 20 with their official ids)
     train_split_set: str = 'val'
     test_split_set: str = 'test'
-    window_size: int = 512             # frames per window
-    input_steps: int = 128             # feature steps per window (one step = 4 frames)
-    train_stride: int = 128            # frames between training windows
-    test_stride: int = 256             # frames between test windows
+    window_size: int = 512             # frames per window: input_steps * frames_per_step
+    input_steps: int = 128             # feature steps per window (one step = frames_per_step frames)
+    train_stride: int = 128            # frames between training windows (32 steps)
+    test_stride: int = 256             # frames between test windows (64 steps)
     overlap_ratio_threshold: float = 0.9  # a training window keeps an instance when > 0.9 of it is inside
 
     # --- network and anchors ---
@@ -105,14 +111,25 @@ class Config:
         return f'{self.mode}_{self.pretrain}_{self.method}'
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        # Strings copied: a value equal to another field's (mode spatial, streams spatial) is then
+        # never the same object, so a pickled config (a checkpoint's) is the same bytes whether its
+        # values came from a command line or from the pipeline's own constants.
+        return {key: _fresh_copy(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _fresh_copy(value):
+    if isinstance(value, tuple):
+        return tuple(_fresh_copy(v) for v in value)
+    return (value + '.')[:-1] if isinstance(value, str) else value
 
 
 MODES = ('temporal', 'spatial', 'concat')
 METHODS = ('main_stream', 'decouple_ssad')   # the two networks (checkpoints.NETWORKS builds them)
 # cfg.data_source -> the module that reads it (load_data imports it by this name): the release's
 # folders, or a dataset in the field's JSON format. A new data source is one module and one row here.
-DATA_SOURCES = {'release': 'release_dataset', 'i3d': 'json_dataset'}
+DATA_SOURCES = {'release': 'release_dataset', 'json': 'json_dataset',
+                'i3d': 'json_dataset'}   # i3d: the json source's first name, still accepted
+STREAMS = ('temporal', 'spatial')     # the two streams, in the order the pipeline runs them
 # Early fusion (mode concat) reads the two streams side by side, RGB first as in the field's I3D files.
 CONCAT_STREAMS = ('spatial', 'temporal')
 
@@ -149,17 +166,41 @@ def get_anno_path(cfg, split_set):
     return join(cfg.data_dir, split_set, f'thumos14_{split_set}_annotation.csv')
 
 
+def reads_json(cfg):
+    """Whether the data source is the field's JSON format (data_source json, or its old name i3d)."""
+    return DATA_SOURCES.get(cfg.data_source) == 'json_dataset'
+
+
 def get_eval_gt_path(cfg):
-    """The evaluation ground truth: the kit's folder, or with data_source=i3d the annotation JSON."""
-    return cfg.i3d_annotation if cfg.data_source == 'i3d' else cfg.eval_gt_dir
+    """The evaluation ground truth: the kit's folder, or with data_source=json the annotation JSON."""
+    return cfg.annotation_json if reads_json(cfg) else cfg.eval_gt_dir
+
+
+def get_eval_subset(cfg):
+    """The subset evaluate.py scores: 'test' (the kit's files; THUMOS14's Test in a JSON), or
+    with data_source=json the JSON's test_subsets, comma-separated."""
+    return ','.join(cfg.test_subsets) if reads_json(cfg) else 'test'
+
+
+# The window geometry in frames at 4 frames per step: 128-step windows, strides of 32 and 64 steps.
+STEP_GEOMETRY = {'window_size': 128, 'train_stride': 32, 'test_stride': 64}
 
 
 def resolve_defaults(cfg):
-    """Fill the defaults that depend on other fields: with data_source=i3d an empty fps_file is
-    the annotation JSON, whose every video has its frame rate (the built-in table would put
-    the videos of other rates at 30 fps without a word)."""
-    if cfg.data_source == 'i3d' and not cfg.fps_file:
-        cfg.fps_file = cfg.i3d_annotation
+    """Fill the defaults that depend on other fields.
+
+    - With data_source=json an empty fps_file is the annotation JSON, whose every video has its
+      frame rate (the built-in table would put the videos of other rates at 30 fps without a word).
+    - window_size, train_stride and test_stride are frames; left at their defaults (512, 128, 256:
+      128, 32 and 64 steps of 4 frames) they are the same steps of frames_per_step frames, so that
+      --frames_per_step=8 alone keeps the method's windows of 128 steps."""
+    if reads_json(cfg) and not cfg.fps_file:
+        cfg.fps_file = cfg.annotation_json
+    step = cfg.frames_per_step
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 1 and step != 4:
+        for name, steps in STEP_GEOMETRY.items():
+            if getattr(cfg, name) == 4 * steps:
+                setattr(cfg, name, step * steps)
     return cfg
 
 
@@ -291,20 +332,45 @@ def _domain_problems(cfg):
         problems.append(f'device: {cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N')
     if cfg.data_source not in DATA_SOURCES:
         problems.append(f'data_source: {cfg.data_source!r} is not a data source; use one of {", ".join(DATA_SOURCES)}')
-    problems += _channel_problems(cfg)
+    problems += _json_problems(cfg)
     return problems
 
 
-def _channel_problems(cfg):
-    """The two I3D streams: [lo, hi) integer ranges, non-empty and not overlapping."""
-    ranges = {name: getattr(cfg, name) for name in ('i3d_spatial_channels', 'i3d_temporal_channels')}
+def _json_problems(cfg):
+    """The settings of the field's JSON format: streams, their channel ranges, steps, subsets."""
+    problems = []
+    for name in ('frames_per_step', 'clip_frames'):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f'{name}: {value!r} is outside its domain; use an integer >= 1 (video frames)')
+    if not reads_json(cfg) and (cfg.frames_per_step, cfg.clip_frames) != (4, 16):
+        problems.append(f'frames_per_step {cfg.frames_per_step} / clip_frames {cfg.clip_frames}: the release\'s '
+                        f'features are 4 frames a step; these settings are for data_source=json')
+    streams = tuple(cfg.streams) if isinstance(cfg.streams, (tuple, list)) else ()
+    if not streams or len(set(streams)) != len(streams) or not set(streams) <= set(STREAMS):
+        problems.append(f'streams: {cfg.streams!r}; use temporal,spatial (both, fused) or one of them')
+    for name in ('train_subsets', 'test_subsets'):
+        names = getattr(cfg, name)
+        if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) and n for n in names):
+            problems.append(f'{name}: {names!r}; use one or more subset names of the JSON, comma-separated')
+    if not problems and set(cfg.train_subsets) & set(cfg.test_subsets):
+        shared = sorted(set(cfg.train_subsets) & set(cfg.test_subsets))
+        problems.append(f'train_subsets and test_subsets share {shared}: the test would score videos the model trained on')
+    return problems + _channel_problems(cfg, streams if set(streams) <= set(STREAMS) else STREAMS)
+
+
+def _channel_problems(cfg, streams=STREAMS):
+    """The JSON layout's streams: [lo, hi) integer ranges, non-empty and not overlapping."""
+    ranges = {f'{m}_channels': getattr(cfg, f'{m}_channels') for m in ('spatial', 'temporal') if m in streams}
     for name, r in ranges.items():
         if not (isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                      for v in r) and 0 <= r[0] < r[1]):
             return [f'{name}: {r!r} is not a channel range; use lo,hi with 0 <= lo < hi (e.g. 0,1024)']
+    if len(ranges) < 2:
+        return []
     (a, b), (c, d) = ranges.values()
     if max(a, c) < min(b, d):
-        return [f'i3d_spatial_channels {a},{b} and i3d_temporal_channels {c},{d} overlap; give each stream its own']
+        return [f'spatial_channels {a},{b} and temporal_channels {c},{d} overlap; give each stream its own']
     return []
 
 
@@ -329,8 +395,9 @@ def check_config(cfg):
         problems.append(f'num_anchors {cfg.num_anchors} does not fit the network: with input_steps='
                         f'{cfg.input_steps} the anchor layers have {cfg.input_steps // 8}, '
                         f'{cfg.input_steps // 16}, {cfg.input_steps // 32} positions')
-    if cfg.window_size != 4 * cfg.input_steps:
-        problems.append(f'window_size ({cfg.window_size}) must be 4 * input_steps ({cfg.input_steps})')
+    if cfg.window_size != cfg.frames_per_step * cfg.input_steps:
+        problems.append(f'window_size ({cfg.window_size}) must be frames_per_step * input_steps '
+                        f'({cfg.frames_per_step} * {cfg.input_steps})')
     if not cfg.learning_rates:
         problems.append('learning_rates is empty: it holds one learning rate per epoch')
     if not cfg.aspect_ratios:

@@ -97,16 +97,19 @@ def read_json_ground_truth(path, subset='test'):
     the JSON's Test), as read_ground_truth returns them (before a protocol), instances as in the file
     (also those reaching past their video's end, as ActionFormer's and TriDet's evaluators keep them:
     column past_end). Classes: THUMOS14's in detclasslist order when every label is a THUMOS14 class,
-    else the file's labels (thumos14.json_class_list; result files then carry ids 1..K).
+    else the file's labels (thumos14.json_class_list; result files then carry ids 1..K). `subset`
+    may also be the JSON's own subset names, comma-separated (config test_subsets).
 
     The field's JSONs hold no Ambiguous interval (only intervals labelled Ambiguous would be), so
     the kit metric then drops no detection: one on an interval the kit's files call Ambiguous is a
     false positive, and kit APs are at most those scored against the kit's folder."""
-    name = {v: k for k, v in thumos14.JSON_SUBSETS.items()}.get(subset, subset)
+    names = [{v: k for k, v in thumos14.JSON_SUBSETS.items()}.get(s, s) for s in subset.split(',')]
     db = thumos14.read_annotation_json(path, class_list=None)
-    videos = db['videos'].loc[db['videos']['subset'] == name, 'video']
-    if len(videos) == 0:
-        raise ValueError(f'{path}: field subset: no video of subset {name!r}')
+    videos = db['videos'].loc[db['videos']['subset'].isin(names), 'video']
+    absent = [n for n in names if n not in set(db['videos']['subset'])]
+    if absent:
+        raise ValueError(f'{path}: field subset: no video of subset {absent[0]!r}; the file\'s subsets are '
+                         f'{", ".join(map(repr, pd.unique(db["videos"]["subset"])))}')
     class_list = db['classes']
     inst = db['instances'][db['instances']['video'].isin(videos)]
     cls = inst['class_id'].map({cid: k for k, cid in enumerate(class_list.ids)}).to_numpy(np.int64)
@@ -684,8 +687,9 @@ def main(argv=None):
     parser.add_argument('result', nargs='+', help='result file(s): video start_s end_s class_id score per line')
     parser.add_argument('--labels', nargs='+', default=None, help='names of the result files in the comparison table')
     parser.add_argument('--gt', default=None, help='annotation folder or JSON (default: config eval_gt_dir, or '
-                                                   'i3d_annotation with data_source=i3d)')
-    parser.add_argument('--subset', default='test')
+                                                   'annotation_json with data_source=json)')
+    parser.add_argument('--subset', default=None, help='test (default), or with data_source=json the JSON\'s '
+                                                       'subsets (default: test_subsets)')
     parser.add_argument('--thresholds', type=float, nargs='+', default=list(DEFAULT_THRESHOLDS))
     parser.add_argument('--metric', choices=[*EVALUATORS, 'all', 'both'], default=None,
                         help='all (or both): every metric that applies (default: kit for THUMOS14, anet for '
@@ -700,6 +704,8 @@ def main(argv=None):
     try:
         cfg, args = config.parse_config(parser, argv)
         gt_dir = args.gt or config.get_eval_gt_path(cfg)
+        args.subset = args.subset or (config.get_eval_subset(cfg) if str(gt_dir).endswith('.json') else 'test')
+        metrics = tuple(EVALUATORS) if args.metric in ('all', 'both') else (args.metric,)
         labels = args.labels or args.result
         if len(labels) != len(args.result):
             raise ValueError(f'{len(args.result)} result files but {len(labels)} --labels')

@@ -4,8 +4,9 @@ A feature folder holds one of three layouts (docs/method.md §2, §14), tried in
   packed.npy      one [W, 128, D] array (float32 or float16), window i = row i; written by
                   data/pack_features.py from the per-window folder; memory-mappable.
   0.npy ...       one [128, D] file per window, window i = `<i>.npy` (the released layout).
-  <video>.npy     one [T, D] file per video, one step per 4 frames; the window at start frame s
-                  reads steps s // 4 + offset + j, a short head or tail repeating the end step.
+  <video>.npy     one [T, D] file per video, one step per F frames (4 here; the field's JSON layout
+                  any F); the window at start frame s reads steps s // F + offset + j, a short head
+                  or tail repeating the end step.
 
     layout = feature_layout(folder)                                  # 'packed', 'window' or 'video'
     x = read_feature_folder(folder, starts, videos, indices, 128, np.float32)   # [len(indices), 128, D]
@@ -35,13 +36,26 @@ import numpy as np
 from fileio import atomic_open
 
 SIDECAR_FORMAT = 1
-FRAMES_PER_STEP = 4    # every feature set here has one step per 4 frames, the network's step
+FRAMES_PER_STEP = 4    # every feature set extracted here has one step per 4 frames
 CLIP_FRAMES = 16       # frames seen by one step of a clip backbone
+
+
+def step_offset(frames_per_step, clip_frames):
+    """The offset of a file whose step t sees frames F t .. F t + C - 1 (F = frames_per_step, C =
+    clip_frames): the window at frame s reads file step s // F + offset + j for its j-th cell.
+
+    The step is placed at its clip's centre, frame F t + C / 2 (ActionFormer's `s * fps / F - C / (2 F)`),
+    and cell j of a window is read from the step centred on the cell's first frame: offset
+    -C / (2 F). When that is not whole (C = F = 16: -0.5), the nearest step is taken and a tie
+    goes to the later step, the one whose clip is centred inside the cell: floor(1/2 - C / (2 F)),
+    at most half a step from the exact place. 4 and 16 give -2, 4 and 4 (one frame a step) 0."""
+    return int(np.floor(0.5 - clip_frames / (2 * frames_per_step)))
+
 
 # Step t of a file covers frames ...; the window at frame s reads file step s // 4 + offset + j.
 STEP_CONVENTIONS = {
-    'frame4': 0,   # 4t .. 4t+3: one frame (or flow stack) at its centre, as the release's features
-    'clip16': -(CLIP_FRAMES // 2 // FRAMES_PER_STEP),   # 4t .. 4t+15, centred on 4t+8: offset -2
+    'frame4': step_offset(FRAMES_PER_STEP, FRAMES_PER_STEP),   # 4t .. 4t+3: one frame (or flow stack), offset 0
+    'clip16': step_offset(FRAMES_PER_STEP, CLIP_FRAMES),       # 4t .. 4t+15, centred on 4t+8: offset -2
 }
 PACKED_NAME = 'packed.npy'   # the packed layout's one file
 
@@ -78,20 +92,22 @@ def read_sidecar(npy_path):
     return doc
 
 
-def file_step_offset(npy_path, layout_offset=None):
+def file_step_offset(npy_path, layout_offset=None, frames_per_step=FRAMES_PER_STEP, layout=''):
     """The offset of `npy_path`'s steps (see STEP_CONVENTIONS).
 
     layout_offset None: a per-video folder, whose files may be of either convention (no sidecar: the
-    release's frame4). An int: a layout that fixes the convention (the I3D layout: clip16); a sidecar
-    saying otherwise is an error, not a silent misalignment of every window."""
+    release's frame4). An int: a layout that fixes the convention (the JSON layout: its
+    frames_per_step and clip_frames, described by `layout`); a sidecar saying otherwise is an error,
+    not a silent misalignment of every window."""
     doc = read_sidecar(npy_path)
     if doc is None:
         return 0 if layout_offset is None else layout_offset
     offset = STEP_CONVENTIONS[doc['step_convention']]
-    if layout_offset is not None and offset != layout_offset:
+    if layout_offset is not None and (offset != layout_offset or frames_per_step != FRAMES_PER_STEP):
         raise ValueError(f'{sidecar_path(npy_path)}: step_convention {doc["step_convention"]!r} '
-                         f'(backbone {doc.get("settings", {}).get("backbone", "?")}) cannot be read in this '
-                         f'layout, whose steps are 16-frame clips; use the per-video folders instead')
+                         f'(backbone {doc.get("settings", {}).get("backbone", "?")}, steps of {FRAMES_PER_STEP} '
+                         f'frames) does not fit this layout, {layout or "another convention"}; use the per-video '
+                         f'folders, or the settings frames_per_step and clip_frames of these features')
     return offset
 
 
@@ -203,14 +219,15 @@ def read_window_files(folder, w, indices, steps, dtype):
     return out if out is not None else np.zeros((0, steps, 0), dtype)
 
 
-def read_video_files(folder, starts, videos, indices, steps, dtype, step_offset=None, channels=None):
+def read_video_files(folder, starts, videos, indices, steps, dtype, step_offset=None, channels=None,
+                     frames_per_step=FRAMES_PER_STEP, layout=''):
     """Per-video files: slice each video once for all of its windows, several videos at a
     time (numpy copies without holding the GIL; the reads are what takes the time).
 
-    The window at frame s reads steps s // 4 + offset + j (j < steps), cut to the file's
-    steps (repeating the first or the last); the offset is the file's step convention
-    (file_step_offset: from its sidecar, else `step_offset`, else 0).
-    `channels` (index array) picks columns of each step."""
+    The window at frame s reads steps s // F + offset + j (j < steps, F = frames_per_step), cut
+    to the file's steps (repeating the first or the last); the offset is the file's step
+    convention (file_step_offset: from its sidecar, else `step_offset`, else 0; `layout`
+    describes a fixed one). `channels` (index array) picks columns of each step."""
     sel_videos = videos[indices]
     names = np.unique(sel_videos)
     if len(names) == 0:
@@ -228,7 +245,7 @@ def read_video_files(folder, starts, videos, indices, steps, dtype, step_offset=
         if len(a) == 0:
             raise ValueError(f'{path}: no feature steps')
         rows = np.flatnonzero(sel_videos == video)
-        first = starts[indices[rows]] // FRAMES_PER_STEP + file_step_offset(path, step_offset)
+        first = starts[indices[rows]] // frames_per_step + file_step_offset(path, step_offset, frames_per_step, layout)
         late = first >= len(a)
         if late.any():
             r = rows[np.flatnonzero(late)[0]]

@@ -15,7 +15,8 @@ A data source is a module with four functions, named by its row of config.DATA_S
     class_list(cfg)                 the classes of its instances (classes.ClassList), in model order
 
 release_dataset.py reads the release's folders ('release'), json_dataset.py a dataset in the
-field's JSON format ('i3d'); a new source is one such module and one row of the table. Below
+field's JSON format ('json', or its old name 'i3d'); a new source is one such module and one row
+of the table. Below
 the sources: sliding_windows.py (§3 windows and boxes from annotation rows, window lists),
 feature_files.py (the feature layouts and sidecars) and safe_pickle.py (the release's pickles).
 """
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from config import DATA_SOURCES
-from feature_files import read_feature_folder
+from feature_files import FRAMES_PER_STEP, read_feature_folder
 from sliding_windows import make_windows
 
 
@@ -60,7 +61,7 @@ def load_test_data(cfg, mode=None, windows=None, features=None):
     """dict(features [W,128,D], starts, videos) of the test split.
 
     `windows` overrides the source's test windows (`<data_dir>/<test split>/window_info.log`, or
-    with data_source=i3d the §3 windows of the JSON's test videos), `features` the feature folder."""
+    with data_source=json the §3 windows of the JSON's test videos), `features` the feature folder."""
     source = data_source(cfg)
     starts, videos = source.test_windows(cfg, windows)
     keep = _first_batch(cfg, len(starts))
@@ -70,7 +71,12 @@ def load_test_data(cfg, mode=None, windows=None, features=None):
 
 def load_video_data(cfg, video, frame_num, folder):
     """dict(features [W,128,D], starts, videos): the §3 test windows of one video of `frame_num`
-    frames, and their features from `folder` (any layout of feature_files.py)."""
+    frames, and their features from `folder` (any layout of feature_files.py, whose steps are
+    4 frames: a model of windows of other steps would see them at another time scale)."""
+    if cfg.frames_per_step != FRAMES_PER_STEP:
+        raise ValueError(f'{folder}: features of {FRAMES_PER_STEP} frames a step, but the model\'s windows are '
+                         f'steps of {cfg.frames_per_step} frames (frames_per_step): extract features with the '
+                         f'settings the model was trained on, or train on {FRAMES_PER_STEP}-frame steps')
     starts, videos = make_windows(pd.DataFrame({'video': [video], 'frame_num': [frame_num]}), False, cfg)
     features = read_feature_folder(folder, starts, videos, np.arange(len(starts)), cfg.input_steps,
                                    np.dtype(cfg.feature_dtype))

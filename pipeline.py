@@ -1,7 +1,7 @@
 """Train and test both streams, fuse them and evaluate: the whole pipeline, in its order.
 
     python pipeline.py [stage] [pretrain] [method] [--key=value ...]    # bash run.sh ... runs this
-    EARLY_FUSION=1 python pipeline.py train_test_fuse I3D decouple_ssad --data_source=i3d
+    EARLY_FUSION=1 python pipeline.py train_test_fuse I3D decouple_ssad --data_source=json
 
 stage is one of STAGES (default train_test_fuse), pretrain the feature set (default UCF101),
 method one of config.METHODS (default decouple_ssad); the config overrides go to every script.
@@ -20,7 +20,9 @@ overrides name) are the same bytes however the streams run:
   and GPU 1 (both on GPU 0 when shared), their console output in logs/<run>.out only; then,
   with EARLY_FUSION=1, mode concat on GPU 0.
 
-Then fuse.py, evaluate.py on each stream and on the fusion, fig/diagnose.py on the fusion and
+Features of one stream (--streams=spatial, e.g. one RGB backbone; data_source=json) train and
+test that stream alone, then evaluate.py, fig/diagnose.py and the summary on it: nothing is fused.
+Otherwise fuse.py, evaluate.py on each stream and on the fusion, fig/diagnose.py on the fusion and
 a summary of every variant under both metrics (in this process, or with ONE_PROCESS=0 one
 child process each). A failing stream stops the pipeline before fusion, with one line naming
 its console log (exit status 1); a wrong stage, method or switch is exit status 2. It ends
@@ -88,12 +90,22 @@ def parse_args(argv, environ=os.environ):
             raise UsageError(f'{name} must be 0 or 1, got {value!r}')
         switch[name] = value == '1'
     args = dict(stage=stage, pretrain=pretrain, method=method, overrides=argv, steps=STAGES[stage],
-                modes=('temporal', 'spatial') + (('concat',) if switch['EARLY_FUSION'] else ()),
                 one_process=switch['ONE_PROCESS'], share_gpu=switch['SHARE_GPU'],
                 # one process per script is the release's run.sh and prints as it did
                 prog='pipeline' if switch['ONE_PROCESS'] else 'run.sh')
-    stream_config(args, 'temporal')  # an unknown key or a bad value fails now, not after training
+    cfg = stream_config(args, 'temporal')  # an unknown key or a bad value fails now, not after training
+    # The streams the features hold (config streams), in pipeline order; one stream is not fused.
+    streams = tuple(m for m in config.STREAMS if m in cfg.streams)
+    if switch['EARLY_FUSION'] and len(streams) < 2:
+        raise UsageError(f'EARLY_FUSION=1 needs two streams; the features hold {streams[0]} only (streams)')
+    args['modes'] = streams + (('concat',) if switch['EARLY_FUSION'] else ())
     return args
+
+
+def single_stream(args):
+    """The one stream of features that hold one (config streams), else None: no fusion then."""
+    streams = [m for m in args['modes'] if m != 'concat']
+    return streams[0] if len(streams) == 1 else None
 
 
 def stream_argv(args, mode):
@@ -344,9 +356,29 @@ def run_streams_in_parallel(args, times, gpus, devices):
 # -----------------------------------------------------------------------------
 # fusion and evaluation
 
-def fuse_and_evaluate(args, times):
-    """fuse.py, evaluate.py on each stream and the fusion, fig/diagnose.py, then the summary table."""
+def evaluate_single_stream(args, times, mode):
+    """Features of one stream: evaluate.py and fig/diagnose.py on that stream's result, and its summary."""
     from fig import diagnose
+    over = args['overrides']
+    cfg = stream_config(args, mode)
+    result = config.get_result_path(cfg)
+    say(args, f'one stream ({mode}), nothing to fuse; {result}:')
+    eval_json = os.path.join(cfg.results_dir, f'eval_{cfg.run_name}.json')
+    run_script(args, times, f'eval {mode}', 'evaluate', [result, '--json', eval_json, *over])
+    run_script(args, times, 'diagnose', 'diagnose', [result, '--out', cfg.results_dir, *over])
+    say(args, f'error diagnosis (open it in a browser): {diagnose.report_path(result, cfg.results_dir)}')
+    label = {'spatial': 'RGB only (spatial)', 'temporal': 'flow only (temporal)'}[mode]
+    say(args, f'summary, {label}, kit and ActivityNet mAP (%):')
+    run_script(args, times, 'summary', 'evaluate', [result, '--labels', label, '--metric', 'both', '--summary',
+                                                    *over])
+
+
+def fuse_and_evaluate(args, times):
+    """fuse.py, evaluate.py on each stream and the fusion, fig/diagnose.py, then the summary table;
+    features of one stream: evaluate_single_stream."""
+    from fig import diagnose
+    if single_stream(args):
+        return evaluate_single_stream(args, times, single_stream(args))
     over = args['overrides']
     cfg = stream_config(args, 'temporal')
     fused = config.get_fuse_result_path(cfg)
@@ -382,7 +414,7 @@ def fuse_and_evaluate(args, times):
 
 def run(args, times, gpu_count=None):
     """Every step of the stage, in order (see the module's docstring)."""
-    cfg = stream_config(args, 'temporal')
+    cfg = stream_config(args, args['modes'][0])
     for folder in (cfg.logs_dir, cfg.results_dir, cfg.models_dir):
         try:
             os.makedirs(folder, exist_ok=True)
@@ -396,7 +428,7 @@ def run(args, times, gpu_count=None):
             if args['one_process']:
                 import train  # noqa: F401
         gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
-        devices = parallel_devices(gpus, args['share_gpu'])
+        devices = None if single_stream(args) else parallel_devices(gpus, args['share_gpu'])
         if devices:
             run_streams_in_parallel(args, times, gpus, devices)
         else:

@@ -228,7 +228,7 @@ def class_list(cfg):
     """THUMOS14's classes: the release's files carry THUMOS14 class ids."""
     if cfg.class_list:
         raise ValueError(f'class_list: {cfg.class_list} is given, but data_source=release holds THUMOS14\'s 20 '
-                         f'classes; a class list applies to a dataset in the JSON layout (data_source=i3d)')
+                         f'classes; a class list applies to a dataset in the JSON layout (data_source=json)')
     return THUMOS14_CLASSES
 
 

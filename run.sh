@@ -13,8 +13,8 @@
 # compares late fusion, early fusion, RGB only and flow only (kit and ActivityNet mAP). On the
 # field's I3D files (the annotation JSON and one <video>.npy per video):
 #
-#   EARLY_FUSION=1 bash run.sh train_test_fuse I3D decouple_ssad --data_source=i3d \
-#       --i3d_annotation=data/thumos/annotations/thumos14.json --i3d_feature_dir=data/thumos/i3d_features
+#   EARLY_FUSION=1 bash run.sh train_test_fuse I3D decouple_ssad --data_source=json \
+#       --annotation_json=data/thumos/annotations/thumos14.json --feature_dir=data/thumos/i3d_features
 #
 # With two or more GPUs the two streams run in parallel, one GPU each; with one
 # GPU or none they run one after the other. SHARE_GPU=1 bash run.sh ... runs them

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import warnings
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,8 @@ def video_fps(fps_file=''):
 
 # --- the field's annotation JSON ---
 
-# The JSON's subset names -> this project's splits: THUMOS14 trains on its validation videos.
+# THUMOS14's subset names in the JSON -> this project's splits: THUMOS14 trains on its validation
+# videos. Any other subset name is read too (ActivityNet: training, validation, testing).
 JSON_SUBSETS = {'Validation': 'val', 'Test': 'test'}
 AMBIGUOUS_LABEL = 'Ambiguous'   # not in the field's JSONs; read as the kit's Ambiguous intervals if there
 VIDEO_FIELDS = ('subset', 'duration', 'fps', 'annotations')
@@ -111,7 +113,8 @@ SEGMENT_SLACK_FRAMES = 16
 def read_annotation_json(path, class_list=THUMOS14_CLASSES):
     """The field's annotation JSON -> dict of DataFrames, times in seconds:
 
-    videos (video, subset, split, duration, fps), in file order; instances (video, label, class_id,
+    videos (video, subset, split (JSON_SUBSETS, else empty), duration, fps), in file order;
+    instances (video, label, class_id,
     start, end, end_in_video, past_end), in file order; ambiguous (video, start, end); classes (the
     ClassList used).
 
@@ -120,9 +123,10 @@ def read_annotation_json(path, class_list=THUMOS14_CLASSES):
     label is a THUMOS14 class. Segments are as in the file: `past_end` marks an instance that
     starts at or after its video's duration or ends more than SEGMENT_SLACK_FRAMES past it (the
     field's THUMOS14 file has 30), `end_in_video` is its end cut at the duration; whoever reads
-    the instances decides what to do with those. Every refusal (a missing field, not a number,
-    a negative start, an end at or before the start, an unknown label, a label_id that does not
-    match its label) is one ValueError naming the file, the video and the field."""
+    the instances decides what to do with those. Every refusal (a video listed twice, a field
+    given twice, a missing field, not a number, a negative start, an end at or before the start,
+    an unknown label, a label_id that does not match its label) is one ValueError naming the
+    file, the video and the field."""
     db = _json_database(path)
     rows, annos = [], []
     for video, entry in db.items():
@@ -132,8 +136,9 @@ def read_annotation_json(path, class_list=THUMOS14_CLASSES):
         missing = [f for f in VIDEO_FIELDS if f not in entry]
         if missing:
             raise ValueError(f'{where}: missing field {missing[0]!r} (each video needs {", ".join(VIDEO_FIELDS)})')
-        if not isinstance(entry['subset'], str) or entry['subset'] not in JSON_SUBSETS:
-            raise ValueError(f'{where}: field subset is {entry["subset"]!r}; expected one of {", ".join(JSON_SUBSETS)}')
+        if not isinstance(entry['subset'], str) or not entry['subset'].strip():
+            raise ValueError(f'{where}: field subset is {entry["subset"]!r}; expected a subset name '
+                             f'(THUMOS14: {", ".join(JSON_SUBSETS)})')
         if not isinstance(entry['annotations'], list):
             raise ValueError(f'{where}: field annotations is not a list')
         rows.append((video, entry['subset'], entry['duration'], entry['fps']))
@@ -146,7 +151,7 @@ def read_annotation_json(path, class_list=THUMOS14_CLASSES):
             raise ValueError(f'{path}: video {videos["video"][bad[0]]}: field {field} is '
                              f'{videos[field][bad[0]]!r}; expected a number > 0')
         videos[field] = values
-    videos['split'] = videos['subset'].map(JSON_SUBSETS)
+    videos['split'] = videos['subset'].map(JSON_SUBSETS).fillna('')
     segments = _json_segments(path, annos, videos)
     ambiguous = (segments['label'] == AMBIGUOUS_LABEL).to_numpy()
     if class_list is None:
@@ -167,20 +172,42 @@ def json_class_list(labels, label_ids):
     return classes.from_labels(labels, ids)
 
 
+class _JsonObject(dict):
+    """A JSON object that remembers the keys it was given more than once (json.load keeps the
+    last value of a repeated key without a word: a video listed twice would lose its first entry)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.repeated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+
+
 def _json_database(path):
     if not os.path.isfile(path):
         raise ValueError(f'{path}: annotation JSON not found')
     check_text_file(path, 'annotation JSON', '{"database": {video: {...}}}')
     try:
         with open(path, encoding='utf-8') as f:
-            top = json.load(f)
+            top = json.load(f, object_pairs_hook=_JsonObject)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f'{path}: not JSON: {err}') from None
     if not isinstance(top, dict) or not isinstance(top.get('database'), dict):
         raise ValueError(f'{path}: missing field \'database\' (expected {{"database": {{video: {{...}}}}}})')
-    if not top['database']:
+    db = top['database']
+    if not db:
         raise ValueError(f'{path}: field database holds no video')
-    return top['database']
+    if db.repeated:
+        raise ValueError(f'{path}: video {db.repeated[0]}: listed more than once in field database '
+                         f'({len(db.repeated)} such videos: {", ".join(db.repeated[:5])}); json keeps only the last '
+                         f'entry: merge them into one')
+    for video, entry in db.items():
+        parts = [(f'video {video}', entry)] + [(f'video {video}: annotation {k}', a) for k, a in enumerate(
+            entry.get('annotations', []) if isinstance(entry, dict) and isinstance(entry.get('annotations'), list)
+            else [])]
+        for where, obj in parts:
+            if isinstance(obj, _JsonObject) and obj.repeated:
+                raise ValueError(f'{path}: {where}: field {obj.repeated[0]} given more than once (json keeps '
+                                 f'only the last value)')
+    return db
 
 
 def _json_segments(path, annos, videos):

@@ -14,7 +14,7 @@ writes, for each video and stream,
 which is the per-video layout the loader reads (windows are sliced from it), and a table
 <out>/<split>/video_info.csv with columns video,fps,frame_num,steps. A clip backbone also
 writes the I3D layout, <out>/<pretrain>_features/<video>.npy [T, sum of D] (RGB then flow),
-which --data_source=i3d reads like the field's THUMOS14 files. <pretrain> is --pretrain, by
+which --data_source=json reads like the field's THUMOS14 files. <pretrain> is --pretrain, by
 default the backbone's name.
 
 Video names are file names without extension, whitespace replaced by '_'; the

@@ -15,13 +15,20 @@ is also in the built-in fps table). It writes
     DIR/thumos14/video_fps.csv
     DIR/feature/{val,test}/{temporal,spatial}DataX<pretrain>/0.npy ... (or packed.npy, or <video>.npy)
 
-or, with --layout i3d, the field's layout instead (docs/method.md §15; run with --data_source=i3d):
+or, with --layout i3d, the field's layout instead (docs/method.md §15; run with --data_source=json):
 
     DIR/annotations/thumos14.json     {"database": {video: {subset, duration, fps, annotations}}}
     DIR/i3d_features/<video>.npy      [T, 2 D]: RGB (spatial) channels, then flow (temporal); one step
                                       every 4 frames, step t a 16-frame clip centred on frame 4t + 8
 
-Videos hold several instances of one to three of the 20 classes, a few frames to several hundred
+or, with --layout json, a dataset of any classes, frame rate and steps in the field's layout
+(--classes, --class_names, --fps, --frames_per_step, --clip_frames, --videos; subsets training
+and testing), for the general path beside the THUMOS14 one:
+
+    DIR/annotations/dataset.json      {"database": {video_00000: {subset, duration, fps, annotations}}}
+    DIR/features/<video>.npy          [T, 2 D]: RGB, then flow; step t the clip of frames F t .. F t + C - 1
+
+In the THUMOS14 layouts, videos hold several instances of one to three of the 20 classes, a few frames to several hundred
 frames long. A feature step is Gaussian noise plus a slowly drifting per-video background; inside
 an instance it adds the class direction (related classes share part of theirs), a class-agnostic
 "action" direction, and start / end patterns on the first and last steps. Each stream sees each
@@ -291,6 +298,81 @@ def write_i3d(stage, videos, streams, feature_seqs, dim, dtype):
     return ('annotations', I3D_FEATURES)
 
 
+# --- any dataset in the field's layout (--layout json) ---
+
+JSON_ANNOTATION = os.path.join('annotations', 'dataset.json')
+JSON_FEATURES = 'features'
+JSON_SUBSETS = ('training', 'testing')
+
+
+def json_dataset(rng, num_videos, class_names, fps, seconds, max_instances=4):
+    """{video: dict(subset, duration, fps, annotations)}: instances of 2 to 12 s in seconds, 1 to
+    max_instances a video, apart; the first third of the videos are testing, the rest training."""
+    database = {}
+    for k in range(num_videos):
+        duration = round(float(rng.uniform(*seconds)), 2)
+        annotations, t = [], float(rng.uniform(1, 8))
+        for _ in range(int(rng.integers(1, max_instances + 1))):
+            length = float(rng.uniform(2, 12))
+            if t + length > duration - 1:
+                break
+            label = int(rng.integers(len(class_names)))
+            annotations.append(dict(label=class_names[label], segment=[round(t, 2), round(t + length, 2)],
+                                    label_id=label))
+            t += length + float(rng.uniform(3, 20))
+        database[f'video_{k:05d}'] = dict(subset=JSON_SUBSETS[0 if k >= num_videos // 3 else 1], duration=duration,
+                                          fps=fps, annotations=annotations)
+    return database
+
+
+def json_features(rng, entry, directions, frames_per_step, clip_frames):
+    """[T, 2 dim] (RGB stream, then flow) of one video: T clips of clip_frames frames every
+    frames_per_step frames fit the video; a step whose clip is centred inside an instance
+    (frame F t + C / 2) carries the instance's class direction, plus start / end patterns on the
+    instance's first and last step."""
+    frame_num = round(entry['duration'] * entry['fps'])
+    steps = max(1, (frame_num - clip_frames) // frames_per_step + 1)
+    centre = (frames_per_step * np.arange(steps) + clip_frames / 2) / entry['fps']   # seconds
+    cls, start, end = directions
+    x = rng.standard_normal((steps, cls.shape[1]), dtype=np.float32)
+    for a in entry['annotations']:
+        inside = np.flatnonzero((centre >= a['segment'][0]) & (centre < a['segment'][1]))
+        if len(inside):
+            x[inside] += 3 * cls[a['label_id']]
+            x[inside[:2]] += 3 * start
+            x[inside[-2:]] += 3 * end
+    return x
+
+
+def make_json_synthetic(out, seed=0, class_names=tuple(f'action{k}' for k in range(1, 8)), fps=25.0,
+                        frames_per_step=8, clip_frames=16, dim=16, num_videos=30, seconds=(40, 120)):
+    """DIR/annotations/dataset.json (subsets training and testing) and DIR/features/<video>.npy
+    [T, 2 dim] of a dataset of len(class_names) classes at `fps`, one step every frames_per_step
+    frames, each a clip of clip_frames frames. Returns a summary dict."""
+    if len(set(class_names)) != len(class_names) or not all(class_names):
+        raise ValueError(f'class names must be distinct and non-empty, got {list(class_names)}')
+    rng = np.random.default_rng(seed)
+    database = json_dataset(rng, num_videos, list(class_names), float(fps), seconds)
+    units = rng.standard_normal((len(class_names) + 2, dim)).astype(np.float32)
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    directions = (units[:-2], units[-2], units[-1])
+    os.makedirs(out, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix='.synthetic-', dir=out)
+    try:
+        os.makedirs(os.path.join(stage, 'annotations'))
+        with open(os.path.join(stage, JSON_ANNOTATION), 'w') as f:
+            json.dump({'version': 'synthetic', 'database': database}, f, indent=1)
+        os.makedirs(os.path.join(stage, JSON_FEATURES))
+        for video, entry in database.items():
+            rgb, flow = (json_features(rng, entry, directions, frames_per_step, clip_frames) for _ in range(2))
+            np.save(os.path.join(stage, JSON_FEATURES, f'{video}.npy'), np.concatenate([rgb, flow], axis=1))
+        _swap_in(out, stage, ('annotations', JSON_FEATURES))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dict(videos=len(database), classes=list(class_names), dim=2 * dim,
+                instances=sum(len(e['annotations']) for e in database.values()))
+
+
 # --- evaluation ground truth ---
 
 def write_eval_gt(folder, test_videos):
@@ -384,15 +466,27 @@ def main():
     parser.add_argument('--dim', type=int, default=None, help='feature dimension D (default by --size)')
     parser.add_argument('--train_windows', type=int, default=None, help='training windows (default by --size)')
     parser.add_argument('--test_windows', type=int, default=None, help='test windows (default by --size)')
-    parser.add_argument('--layout', choices=['window', 'packed', 'video', 'i3d'], default=None,
+    parser.add_argument('--layout', choices=['window', 'packed', 'video', 'i3d', 'json'], default=None,
                         help='window: 0.npy ... (released); packed: packed.npy; video: <video>.npy; '
-                             'i3d: the field\'s JSON + <video>.npy [T, 2 D] (RGB then flow, 16-frame clips)')
+                             'i3d: THUMOS14 in the field\'s JSON + <video>.npy [T, 2 D] (RGB then flow, 16-frame '
+                             'clips); json: any dataset in that layout (the options below)')
+    json_options = parser.add_argument_group('--layout json')
+    json_options.add_argument('--classes', type=int, default=7, help='number of classes (default 7)')
+    json_options.add_argument('--class_names', default=None, help='comma-separated class names (default action1..)')
+    json_options.add_argument('--fps', type=float, default=25.0, help='frame rate of every video (default 25)')
+    json_options.add_argument('--frames_per_step', dest='json_frames_per_step', type=int, default=8,
+                              help='frames between feature steps (default 8)')
+    json_options.add_argument('--clip_frames', dest='json_clip_frames', type=int, default=16,
+                              help='frames one step sees (default 16)')
+    json_options.add_argument('--videos', type=int, default=30, help='number of videos (default 30)')
     parser.add_argument('--dtype', choices=['float64', 'float32', 'float16'], default=None,
                         help='feature dtype on disk (default float64 per window as released, float16 packed for full)')
     parser.add_argument('--pretrain', default='synthetic', help='feature folder suffix <mode>DataX<pretrain>')
     t = time.time()
     try:
         cfg, args = parse_config(parser)
+        if args.layout == 'json':
+            return main_json(args, t)
         for name in ('dim', 'train_windows', 'test_windows'):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f'--{name} must be >= 1')
@@ -406,12 +500,34 @@ def main():
           f'{time.time() - t:.1f} s')
     if info['layout'] == 'i3d':
         half = info['dim'] // 2
-        print(f'use: --data_source=i3d --i3d_annotation={args.out}/{I3D_JSON} '
-              f'--i3d_feature_dir={args.out}/{I3D_FEATURES} --i3d_spatial_channels=0,{half} --i3d_temporal_channels={half},{info["dim"]}')
+        print(f'use: --data_source=json --annotation_json={args.out}/{I3D_JSON} '
+              f'--feature_dir={args.out}/{I3D_FEATURES} --spatial_channels=0,{half} --temporal_channels={half},{info["dim"]}')
         return
     print(f'use: --data_dir={args.out}/thumos14 --feature_path={args.out}/feature '
           f'--eval_gt_dir={args.out}/thumos14/eval_annotation --pretrain={args.pretrain} '
           f'--fps_file={args.out}/thumos14/video_fps.csv')
+
+
+def main_json(args, t):
+    """--layout json: a dataset of any classes, fps and steps in the field's layout."""
+    names = args.class_names.split(',') if args.class_names else [f'action{k}' for k in range(1, args.classes + 1)]
+    try:
+        if len(names) != args.classes and args.class_names:
+            raise ValueError(f'--class_names gives {len(names)} names, --classes is {args.classes}')
+        for name in ('fps', 'json_frames_per_step', 'json_clip_frames', 'videos', 'classes'):
+            if not getattr(args, name) > 0:
+                raise ValueError(f'--{name.removeprefix("json_")} must be > 0')
+        info = make_json_synthetic(args.out, args.seed, names, args.fps, args.json_frames_per_step,
+                                   args.json_clip_frames, args.dim or 16, args.videos)
+    except ValueError as err:
+        raise SystemExit(f'error: {err}') from None
+    half = info['dim'] // 2
+    print(f'{args.out}: {info["videos"]} videos, {info["instances"]} instances of {len(names)} classes, '
+          f'D = {info["dim"]}, {time.time() - t:.1f} s')
+    print(f'use: --data_source=json --annotation_json={args.out}/{JSON_ANNOTATION} '
+          f'--feature_dir={args.out}/{JSON_FEATURES} --spatial_channels=0,{half} --temporal_channels={half},'
+          f'{info["dim"]} --frames_per_step={args.json_frames_per_step} --clip_frames={args.json_clip_frames} '
+          f'--train_subsets={JSON_SUBSETS[0]} --test_subsets={JSON_SUBSETS[1]}')
 
 
 if __name__ == '__main__':

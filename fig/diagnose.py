@@ -638,8 +638,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description='DETAD-style error diagnosis of THUMOS14 result files',
                                      allow_abbrev=False)
     parser.add_argument('results', nargs='+', help='result files (video start_s end_s class_id score)')
-    parser.add_argument('--gt', default=None, help='annotation folder or JSON (default: config eval_gt_dir, or i3d_annotation)')
-    parser.add_argument('--subset', default='test')
+    parser.add_argument('--gt', default=None, help='annotation folder or JSON (default: config eval_gt_dir, or annotation_json)')
+    parser.add_argument('--subset', default=None, help='test (default), or with data_source=json the JSON\'s '
+                                                       'subsets (default: test_subsets)')
     parser.add_argument('--tiou', type=float, default=0.5, help='tIoU a of the error types (default 0.5)')
     parser.add_argument('--out', default=None, help="folder of the reports (default: each result's folder)")
     parser.add_argument('--video_info', default=None,
@@ -656,6 +657,7 @@ def main(argv=None):
     try:
         cfg, args = config.parse_config(parser, argv)
         gt_dir = args.gt or config.get_eval_gt_path(cfg)
+        args.subset = args.subset or (config.get_eval_subset(cfg) if str(gt_dir).endswith('.json') else 'test')
         info_path = args.video_info
         if info_path is None and os.path.isfile(config.get_anno_path(cfg, args.subset)):
             info_path = config.get_anno_path(cfg, args.subset)

@@ -59,9 +59,9 @@ def toy(tmp_path_factory):
 
 def toy_config(root, mode='temporal', **overrides):
     values = dict(TINY, **NARROW, method='main_stream', pretrain='toy', mode=mode, device='cpu', batch_size=4,
-                  learning_rates=(1e-3,), data_source='i3d', i3d_annotation=str(root / 'anno.json'),
-                  i3d_feature_dir=str(root / 'feat'), i3d_spatial_channels=(0, DIM),
-                  i3d_temporal_channels=(DIM, 2 * DIM), models_dir=str(root / 'models'),
+                  learning_rates=(1e-3,), data_source='json', annotation_json=str(root / 'anno.json'),
+                  feature_dir=str(root / 'feat'), spatial_channels=(0, DIM),
+                  temporal_channels=(DIM, 2 * DIM), models_dir=str(root / 'models'),
                   logs_dir=str(root / 'logs'), results_dir=str(root / 'results'))
     values.update(overrides)
     cfg = config.Config(**values)

@@ -24,9 +24,9 @@ DIM = 8   # channels per stream in the hand-made files
 
 
 def i3d_config(root, dim=DIM, **kw):
-    cfg = build_config(data_source='i3d', i3d_annotation=str(root / 'anno.json'),
-                       i3d_feature_dir=str(root / 'feat'), i3d_spatial_channels=(0, dim),
-                       i3d_temporal_channels=(dim, 2 * dim), **kw)
+    cfg = build_config(data_source='json', annotation_json=str(root / 'anno.json'),
+                       feature_dir=str(root / 'feat'), spatial_channels=(0, dim),
+                       temporal_channels=(dim, 2 * dim), **kw)
     return config.resolve_defaults(cfg)
 
 
@@ -96,8 +96,8 @@ def test_json_reader_splits_frames_and_fps(small):
     anno, videos = json_dataset.read_split(cfg, 'test')
     assert anno[['startFrame', 'endFrame']].to_numpy().tolist() == [[250, 300], [750, 830]]   # at 25 fps
     assert videos['steps'].tolist() == [(1200 - 16) // 4 + 1]
-    # The fps table comes from the JSON: with data_source=i3d and no fps_file, test.py and fuse.py use it.
-    assert cfg.fps_file == cfg.i3d_annotation
+    # The fps table comes from the JSON: with data_source=json and no fps_file, test.py and fuse.py use it.
+    assert cfg.fps_file == cfg.annotation_json
     assert thumos14.video_fps(cfg.fps_file)['video_test_1'] == 25.0
     with pytest.raises(ValueError, match='no subset'):
         json_dataset.read_split(cfg, 'train2')
@@ -133,7 +133,7 @@ def test_stream_split(small, mode, sign, width):
 def test_channels_are_configurable(small):
     root, _, _ = small
     cfg = i3d_config(root, mode='spatial')
-    cfg.i3d_spatial_channels, cfg.i3d_temporal_channels = (DIM, 2 * DIM), (0, DIM)   # flow stored first
+    cfg.spatial_channels, cfg.temporal_channels = (DIM, 2 * DIM), (0, DIM)   # flow stored first
     x = load_data.load_test_data(cfg)['features']
     assert x.max() == 0 and x.min() < 0
 
@@ -200,6 +200,13 @@ def test_refusals(small):
     (root / 'anno.json').write_text(json.dumps({'videos': {}}))
     with pytest.raises(ValueError, match="missing field 'database'"):
         json_dataset.read_split(i3d_config(root), 'val')
+    # A label outside THUMOS14's classes is refused where the classes are THUMOS14's; the data
+    # source reads any label set (its classes are the file's own).
+    juggling = {'video_validation_1': dict(ok, annotations=[{'label': 'Juggling', 'segment': [1, 2]}])}
+    write_dataset(root, juggling, {'video_validation_1': feats['video_validation_1']})
+    with pytest.raises(ValueError, match="video_validation_1: annotation 0: field label 'Juggling'"):
+        thumos14.read_annotation_json(root / 'anno.json', thumos14.THUMOS14_CLASSES)
+    assert json_dataset.read_split(i3d_config(root), 'val')[0]['type'].tolist() == ['Juggling']
 
 
 def test_feature_files_that_do_not_fit_are_refused(small):
@@ -227,11 +234,11 @@ def test_missing_feature_files_are_named(small):
 
 def test_config_switches():
     cfg = config.apply_overrides(config.Config(), ['--mode=concat', '--pretrain=I3D', '--data_source=i3d'])
-    assert cfg.run_name == 'concat_I3D_decouple_ssad' and cfg.fps_file == cfg.i3d_annotation
-    assert config.get_eval_gt_path(cfg) == cfg.i3d_annotation
+    assert cfg.run_name == 'concat_I3D_decouple_ssad' and cfg.fps_file == cfg.annotation_json
+    assert config.get_eval_gt_path(cfg) == cfg.annotation_json
     assert config.Config().data_source == 'release' and config.Config().fps_file == ''
-    for bad, field in (('--data_source=csv', 'data_source'), ('--i3d_spatial_channels=0,1500', 'overlap'),
-                       ('--i3d_temporal_channels=9,3', 'i3d_temporal_channels'), ('--mode=both', 'concat')):
+    for bad, field in (('--data_source=csv', 'data_source'), ('--spatial_channels=0,1500', 'overlap'),
+                       ('--temporal_channels=9,3', 'temporal_channels'), ('--mode=both', 'concat')):
         with pytest.raises(ValueError, match=field):
             config.apply_overrides(config.Config(), [bad])
 
@@ -255,8 +262,8 @@ def test_concat_mode_reads_both_release_folders(tmp_path):
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic_i3d')
     info = make_synthetic(str(root), build_config(), seed=3, dim=6, train_windows=40, test_windows=30, layout='i3d')
-    cfg = build_config(data_source='i3d', i3d_annotation=str(root / I3D_JSON), i3d_feature_dir=str(root / I3D_FEATURES),
-                       i3d_spatial_channels=(0, 6), i3d_temporal_channels=(6, 12))
+    cfg = build_config(data_source='i3d', annotation_json=str(root / I3D_JSON), feature_dir=str(root / I3D_FEATURES),
+                       spatial_channels=(0, 6), temporal_channels=(6, 12))
     return root, info, config.resolve_defaults(cfg)
 
 
@@ -280,7 +287,7 @@ def test_synthetic_i3d_layout(synthetic):
 def test_synthetic_instances_sit_at_their_time(synthetic):
     """The features carry each instance at the steps whose 16-frame clips are centred inside it."""
     root, _, cfg = synthetic
-    db = thumos14.read_annotation_json(cfg.i3d_annotation)
+    db = thumos14.read_annotation_json(cfg.annotation_json)
     inst = db['instances'].merge(db['videos'], on='video')
     first = inst.groupby('video').first().reset_index()
     inside, outside = [], []
@@ -298,12 +305,12 @@ def test_synthetic_instances_sit_at_their_time(synthetic):
 
 def test_json_ground_truth_scores_itself_perfectly(synthetic, tmp_path, capsys):
     root, _, cfg = synthetic
-    gt = evaluate.read_ground_truth(cfg.i3d_annotation)
+    gt = evaluate.read_ground_truth(cfg.annotation_json)
     assert len(gt['ambiguous']) == 0 and list(gt['class_ids']) == thumos14.CLASS_IDS
     g = gt['gt']
     det = pd.DataFrame({'video': g['video'], 'start': g['start'], 'end': g['end'],
                         'class_id': np.array(thumos14.CLASS_IDS)[g['cls']], 'score': 0.9})
-    res = evaluate.evaluate(det, cfg.i3d_annotation, metrics=('kit', 'anet'))
+    res = evaluate.evaluate(det, cfg.annotation_json, metrics=('kit', 'anet'))
     has = np.bincount(g['cls'], minlength=20) > 0
     for m in ('kit', 'anet'):
         aps = np.array([res[m]['per_class'][c][4] for c in thumos14.CLASS_IDS])
@@ -313,6 +320,6 @@ def test_json_ground_truth_scores_itself_perfectly(synthetic, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         evaluate.main([str(path), str(path), '--labels', 'a', 'b', '--metric', 'both', '--compare',
-                       '--data_source=i3d', f'--i3d_annotation={cfg.i3d_annotation}'])
+                       '--data_source=i3d', f'--annotation_json={cfg.annotation_json}'])
     out = capsys.readouterr().out
     assert 'annotation JSON' in out and f'{len(g)} instances' in out and 'anet avg 0.3:0.7' in out

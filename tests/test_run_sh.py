@@ -60,9 +60,9 @@ def test_early_and_late_fusion_from_the_json_and_features_alone(synthetic_i3d, t
     """EARLY_FUSION=1 on the field's layout: three networks (flow, RGB, both concatenated), late
     fusion, and a summary of the four variants under both metrics; the JSON is the fps table and
     the ground truth."""
-    i3d = ['--data_source=i3d', f'--i3d_annotation={synthetic_i3d}/annotations/thumos14.json',
-           f'--i3d_feature_dir={synthetic_i3d}/i3d_features', '--i3d_spatial_channels=0,16',
-           '--i3d_temporal_channels=16,32']
+    i3d = ['--data_source=json', f'--annotation_json={synthetic_i3d}/annotations/thumos14.json',
+           f'--feature_dir={synthetic_i3d}/i3d_features', '--spatial_channels=0,16',
+           '--temporal_channels=16,32']
     proc = run_sh(tmp_path, 'train_test_fuse', 'I3D', 'decouple_ssad', *i3d, *overrides(synthetic_i3d)[3:],
                   env={'EARLY_FUSION': '1'})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
