@@ -3,6 +3,7 @@ distributed, a 7-class dataset at 25 fps and 8 frames a step, times in seconds w
 every way features and annotations can disagree on time, and one's own videos' CSV -> JSON."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import warnings
@@ -10,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+import classes
 import config
 import evaluate
 import json_dataset
@@ -114,6 +116,14 @@ def test_seven_classes_at_25_fps_and_8_frames_a_step_run_end_to_end(kitchen, tmp
             found.append(float(iou.to_numpy().max(initial=0)))
     assert np.mean(np.array(found) >= 0.5) > 0.75, found
     assert det['end'].max() <= max(e['duration'] for e in db.values()) + 8 / 25
+    # The classes are the test's, by name: the class list beside the result, the results JSON,
+    # and the per-class APs of the evaluation.
+    result = tmp_path / 'results' / 'result_fuse_K_decouple_ssad.txt'
+    assert classes.read_class_list(classes.path_beside(result)).names == CLASSES
+    named = json.loads(pathlib.Path(config.get_results_json_path(result)).read_text())['results']
+    assert set(named) <= set(test_videos) and {d['label'] for dets in named.values() for d in dets} == set(CLASSES)
+    scores = evaluate.evaluate(str(result), root / JSON_ANNOTATION, subset='testing', metrics=('anet',))['anet']
+    assert list(scores['class_names']) == list(CLASSES) and scores['map'][4] > 0.2   # tIoU 0.5; chance is near 0
 
 
 @pytest.mark.parametrize('fps, frames_per_step, clip_frames', [(25.0, 8, 16), (30.0, 4, 16), (29.97, 16, 16),
