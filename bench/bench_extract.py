@@ -26,7 +26,9 @@ import time
 
 import numpy as np
 
-from data import extract_features as ef
+if __package__ in (None, ''):  # run as a script: the repository's modules live one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data import extract_features as ef  # noqa: E402
 
 RUNS = [   # (backbone, streams, flow)
     ('i3d', ['spatial'], None), ('i3d', ['temporal'], 'dis'), ('i3d', ['spatial', 'temporal'], 'dis'),
@@ -83,7 +85,7 @@ def time_ranks(folder, frames, backbone, streams, flow, ranks, device, out):
     launcher = [sys.executable] if ranks == 1 else [
         sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={ranks}', '--master_addr=127.0.0.1',
         f'--master_port={free_port()}']
-    cmd = launcher + [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'extract_features.py'),
+    cmd = launcher + [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'extract_features.py'),
                       folder, '--split', 'bench', '--out', out, '--backbone', backbone, '--streams', ','.join(streams),
                       '--random-weights', '--device', device] + (['--flow', flow] if flow else [])
     t0 = time.perf_counter()
