@@ -27,8 +27,8 @@ QUICK = ['--input_steps=32', '--window_size=128', '--num_anchors=4,2,1', '--base
          '--batch_size=64', '--learning_rates=1e-3', '--device=cpu']
 
 
-def run_sh(cwd, *args):
-    env = {**os.environ, 'PYTHON': sys.executable, 'CUDA_VISIBLE_DEVICES': ''}
+def run_sh(cwd, *args, env_early=False):
+    env = {**os.environ, 'PYTHON': sys.executable, 'CUDA_VISIBLE_DEVICES': '', 'EARLY_FUSION': '1' if env_early else '0'}
     return subprocess.run(['bash', str(REPO / 'run.sh'), *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
@@ -124,6 +124,26 @@ def test_seven_classes_at_25_fps_and_8_frames_a_step_run_end_to_end(kitchen, tmp
     assert set(named) <= set(test_videos) and {d['label'] for dets in named.values() for d in dets} == set(CLASSES)
     scores = evaluate.evaluate(str(result), root / JSON_ANNOTATION, subset='testing', metrics=('anet',))['anet']
     assert list(scores['class_names']) == list(CLASSES) and scores['map'][4] > 0.2   # tIoU 0.5; chance is near 0
+
+
+def test_features_of_one_stream_train_test_and_evaluate_that_stream_alone(kitchen, tmp_path):
+    """One RGB backbone (--streams=spatial): run.sh trains and tests the spatial stream, fuses
+    nothing, and evaluates and summarises that stream."""
+    root, _, data = kitchen
+    one = [d for d in data if not d.startswith(('--spatial_channels', '--temporal_channels'))]
+    proc = run_sh(tmp_path, 'train_test_fuse', 'K', 'main_stream', *one, '--streams=spatial',
+                  '--spatial_channels=0,32', '--base_width=16', '--anchor_width=32', '--batch_size=16',
+                  '--learning_rates=3e-3,3e-3', '--device=cpu')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = sorted(os.listdir(tmp_path / 'results'))
+    assert 'result_spatial_K_main_stream.txt' in results and 'eval_spatial_K_main_stream.json' in results
+    assert not [r for r in results if 'temporal' in r or 'fuse' in r], results
+    assert 'one stream (spatial), nothing to fuse' in proc.stdout and 'temporal stream' not in proc.stdout
+    summary = proc.stdout[proc.stdout.index('summary, RGB only (spatial)'):]
+    assert 'ActivityNet-style metric' in summary and 'official THUMOS14 kit metric' in summary
+    bad = run_sh(tmp_path, 'train', 'K', 'main_stream', *one, '--streams=spatial', '--spatial_channels=0,32',
+                 env_early=True)
+    assert bad.returncode == 2 and 'EARLY_FUSION=1 needs two streams' in bad.stderr
 
 
 @pytest.mark.parametrize('fps, frames_per_step, clip_frames', [(25.0, 8, 16), (30.0, 4, 16), (29.97, 16, 16),
