@@ -368,7 +368,7 @@ def evaluate_single_stream(args, times, mode):
     run_script(args, times, 'diagnose', 'diagnose', [result, '--out', cfg.results_dir, *over])
     say(args, f'error diagnosis (open it in a browser): {diagnose.report_path(result, cfg.results_dir)}')
     label = {'spatial': 'RGB only (spatial)', 'temporal': 'flow only (temporal)'}[mode]
-    say(args, f'summary, {label}, kit and ActivityNet mAP (%):')
+    say(args, f'summary, {label}, mAP (%) under every metric that applies to its classes:')
     run_script(args, times, 'summary', 'evaluate', [result, '--labels', label, '--metric', 'both', '--summary',
                                                     *over])
 
